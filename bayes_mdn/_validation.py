@@ -1,0 +1,215 @@
+"""Input checks that run on the host, before anything is traced or compiled.
+
+Every public entry point funnels user input through these helpers so that a bad
+argument fails with a message that says what was wrong and how to fix it,
+instead of a shape error from deep inside XLA.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+__all__ = [
+    "as_features",
+    "as_targets",
+    "check_choice",
+    "check_key",
+    "check_positive_float",
+    "check_positive_int",
+    "check_same_rows",
+    "float_dtype",
+]
+
+
+def float_dtype() -> np.dtype:
+    """The floating dtype JAX computes in: float64 when x64 is on, else float32."""
+    return np.dtype(jnp.zeros((), dtype=float).dtype)
+
+
+def _describe_rows(rows: np.ndarray, limit: int = 5) -> str:
+    shown = ", ".join(str(int(r)) for r in rows[:limit])
+    return shown + (", ..." if rows.size > limit else "")
+
+
+def _as_numeric_array(value: Any, name: str) -> np.ndarray:
+    """Convert array-likes (NumPy, JAX, pandas, lists) to a real floating NumPy array."""
+    if hasattr(value, "to_numpy") and callable(value.to_numpy):  # pandas DataFrame / Series
+        value = value.to_numpy()
+    try:
+        array = np.asarray(value)
+    except Exception as error:  # ragged lists and the like
+        raise TypeError(
+            f"`{name}` could not be converted to a numeric array ({error}). "
+            "Pass a NumPy or JAX array of floats."
+        ) from None
+    if array.dtype == object or array.dtype.kind in "USV":
+        raise TypeError(
+            f"`{name}` must hold numbers; got an array of dtype {array.dtype}. "
+            "Convert it with np.asarray(..., dtype=float) after cleaning non-numeric entries."
+        )
+    if array.dtype.kind == "c":
+        raise TypeError(
+            f"`{name}` must be real-valued; got complex dtype {array.dtype}. "
+            "Pass the real part (x.real) or split real and imaginary parts into columns."
+        )
+    if array.dtype.kind not in "biuf":
+        raise TypeError(f"`{name}` must be a numeric array; got dtype {array.dtype}.")
+    return array
+
+
+def _check_finite(array: np.ndarray, name: str) -> None:
+    finite = np.isfinite(array)
+    if not finite.all():
+        bad_rows = np.flatnonzero(~finite.reshape(array.shape[0], -1).all(axis=1))
+        num_nan = int(np.isnan(array).sum())
+        num_inf = int(np.isinf(array).sum())
+        raise ValueError(
+            f"`{name}` contains {num_nan} NaN and {num_inf} infinite values in "
+            f"{bad_rows.size} rows (rows {_describe_rows(bad_rows)}). "
+            "Drop or impute those rows before fitting."
+        )
+
+
+def as_features(X: Any, name: str = "X", *, num_features: int | None = None) -> np.ndarray:
+    """Validate inputs `X` and return them as a 2-D float64 NumPy array.
+
+    Parameters
+    ----------
+    X : array-like, shape (N, P)
+        Inputs. Must be 2-D, numeric, real and finite, with at least one row.
+    name : str
+        The argument name used in error messages.
+    num_features : int, optional
+        Required number of columns P (e.g. the number seen at fit time).
+
+    Returns
+    -------
+    numpy.ndarray, shape (N, P), float64
+        Kept in float64 so that standardisation loses no precision; the cast to the
+        compute dtype happens after standardisation.
+    """
+    array = _as_numeric_array(X, name)
+    if array.ndim != 2:
+        hint = f" Use {name}.reshape(-1, 1) for a single feature." if array.ndim == 1 else ""
+        raise ValueError(
+            f"`{name}` must be a 2-D array of shape (N, P); got shape {array.shape}.{hint}"
+        )
+    if array.shape[0] == 0:
+        raise ValueError(f"`{name}` has no rows (shape {array.shape}); pass at least one row.")
+    if array.shape[1] == 0:
+        raise ValueError(f"`{name}` has no columns (shape {array.shape}); pass at least one.")
+    if num_features is not None and array.shape[1] != num_features:
+        raise ValueError(
+            f"`{name}` has {array.shape[1]} features but the model was fitted with "
+            f"{num_features}; pass an array of shape (M, {num_features})."
+        )
+    array = array.astype(np.float64, copy=False)
+    _check_finite(array, name)
+    return array
+
+
+def as_targets(y: Any, name: str = "y", *, num_outputs: int | None = None) -> np.ndarray:
+    """Validate targets `y` and return them as a 2-D float64 NumPy array.
+
+    Parameters
+    ----------
+    y : array-like, shape (N,) or (N, D)
+        Targets. A 1-D array is read as a single output (D = 1).
+    name : str
+        The argument name used in error messages.
+    num_outputs : int, optional
+        Required number of outputs D.
+
+    Returns
+    -------
+    numpy.ndarray, shape (N, D), float64
+    """
+    array = _as_numeric_array(y, name)
+    if array.ndim == 1:
+        array = array[:, None]
+    if array.ndim != 2:
+        raise ValueError(
+            f"`{name}` must have shape (N,) or (N, D); got shape {array.shape}. "
+            f"Reshape it with {name}.reshape(len({name}), -1)."
+        )
+    if array.shape[0] == 0:
+        raise ValueError(f"`{name}` has no rows (shape {array.shape}); pass at least one row.")
+    if array.shape[1] == 0:
+        raise ValueError(f"`{name}` has no output columns (shape {array.shape}).")
+    if num_outputs is not None and array.shape[1] != num_outputs:
+        raise ValueError(
+            f"`{name}` has {array.shape[1]} output columns but the model has "
+            f"{num_outputs}; pass an array of shape (M, {num_outputs})."
+        )
+    array = array.astype(np.float64, copy=False)
+    _check_finite(array, name)
+    return array
+
+
+def check_same_rows(X: np.ndarray, y: np.ndarray, x_name: str = "X", y_name: str = "y") -> None:
+    """Raise if `X` and `y` disagree on the number of rows."""
+    if X.shape[0] != y.shape[0]:
+        raise ValueError(
+            f"`{x_name}` and `{y_name}` must have the same number of rows; got "
+            f"{X.shape[0]} and {y.shape[0]}."
+        )
+
+
+def check_key(key: Any, name: str = "key") -> jax.Array:
+    """Validate a JAX PRNG key (new-style typed or legacy uint32 (2,))."""
+    if key is None:
+        raise TypeError(f"`{name}` is required: pass a JAX PRNG key such as jax.random.key(0).")
+    if isinstance(key, (bool, int, np.integer)):
+        raise TypeError(
+            f"`{name}` must be a JAX PRNG key, not the integer {key!r}; "
+            f"pass jax.random.key({int(key)})."
+        )
+    if isinstance(key, jax.Array) and jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key):
+        if key.shape != ():
+            raise ValueError(
+                f"`{name}` must be a single PRNG key; got a batch of shape {key.shape}. "
+                "Pass one key, e.g. keys[0]."
+            )
+        return key
+    array = np.asarray(key) if isinstance(key, (np.ndarray, jax.Array)) else None
+    if array is not None and array.dtype == np.uint32 and array.shape == (2,):
+        return jnp.asarray(key)  # legacy jax.random.PRNGKey
+    raise TypeError(
+        f"`{name}` must be a JAX PRNG key such as jax.random.key(0); got {type(key).__name__}."
+    )
+
+
+def check_choice(value: Any, name: str, choices: Iterable[str]) -> str:
+    """Validate a string option against its allowed values (case-insensitive)."""
+    options: Sequence[str] = tuple(choices)
+    if not isinstance(value, str):
+        raise TypeError(f"`{name}` must be a string, one of {list(options)}; got {value!r}.")
+    lowered = value.lower()
+    if lowered not in options:
+        raise ValueError(f"Unknown {name} {value!r}; choose one of {list(options)}.")
+    return lowered
+
+
+def check_positive_int(value: Any, name: str, *, minimum: int = 1) -> int:
+    """Validate a count (a Python or NumPy integer, at least `minimum`)."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"`{name}` must be an integer; got {value!r} ({type(value).__name__}).")
+    if value < minimum:
+        raise ValueError(f"`{name}` must be at least {minimum}; got {value}.")
+    return int(value)
+
+
+def check_positive_float(value: Any, name: str, *, allow_zero: bool = False) -> float:
+    """Validate a finite positive (or non-negative) real number."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise TypeError(f"`{name}` must be a number; got {value!r} ({type(value).__name__}).")
+    value = float(value)
+    if not np.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
+        bound = "non-negative" if allow_zero else "positive"
+        raise ValueError(f"`{name}` must be a finite {bound} number; got {value}.")
+    return value

@@ -1,0 +1,231 @@
+"""The frozen MDN specification and the NumPyro model built from it."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import jax
+import numpyro
+import numpyro.distributions as dist
+
+from bayes_mdn import network
+from bayes_mdn._validation import check_positive_int
+from bayes_mdn.families import Family, family_from_config, resolve_family
+from bayes_mdn.priors import Site, prior_from_config, resolve_prior
+
+if TYPE_CHECKING:
+    from bayes_mdn.posterior import Posterior
+
+__all__ = ["MDN"]
+
+LOGITS = "logits"
+
+
+@dataclass(frozen=True)
+class MDN:
+    """A Bayesian Mixture Density Network: the model specification, validated on construction.
+
+    The network maps standardised inputs through ``hidden_sizes`` dense layers with
+    ``activation``, then one linear head per mixture parameter: ``logits`` (K mixing
+    logits) and the family's heads (for a Normal, ``loc`` and ``scale``, K x D each).
+    Every kernel and bias is a NumPyro sample site with a prior.
+
+    Parameters
+    ----------
+    num_components : int
+        K, the number of mixture components.
+    hidden_sizes : tuple of int
+        Widths of the hidden layers; ``()`` gives a linear model of the mixture parameters.
+    activation : str
+        One of ``"tanh"``, ``"relu"``, ``"elu"``, ``"gelu"``, ``"silu"``, ``"softplus"``,
+        ``"sigmoid"``.
+    family : str or bayes_mdn.families.Family
+        Component family, e.g. ``"normal"`` or ``bayes_mdn.families.Normal(min_scale=1e-3)``.
+    prior : Prior, dict, callable or None
+        Weight priors; see :mod:`bayes_mdn.priors`. ``None`` means ``FanInNormal()``.
+
+    Examples
+    --------
+    >>> import bayes_mdn as bm
+    >>> model = bm.MDN(num_components=3, hidden_sizes=(8,))
+    >>> model.num_components
+    3
+    """
+
+    num_components: int = 5
+    hidden_sizes: tuple[int, ...] = (32, 32)
+    activation: str = "tanh"
+    family: Family | str = "normal"
+    prior: Any = field(default=None)
+
+    def __post_init__(self) -> None:
+        check_positive_int(self.num_components, "num_components")
+        sizes = self.hidden_sizes
+        if isinstance(sizes, (int, bool)) or not hasattr(sizes, "__iter__"):
+            raise TypeError(
+                "`hidden_sizes` must be a sequence of layer widths such as (15, 15); "
+                f"got {sizes!r}."
+            )
+        sizes = tuple(sizes)
+        for width in sizes:
+            check_positive_int(width, "hidden_sizes entries")
+        object.__setattr__(self, "num_components", int(self.num_components))
+        object.__setattr__(self, "hidden_sizes", tuple(int(width) for width in sizes))
+        if not isinstance(self.activation, str):
+            raise TypeError(f"`activation` must be a string; got {self.activation!r}.")
+        activation = self.activation.lower()
+        if activation not in network.ACTIVATIONS:
+            raise ValueError(
+                f"Unknown activation {self.activation!r}; choose one of "
+                f"{sorted(network.ACTIVATIONS)}."
+            )
+        object.__setattr__(self, "activation", activation)
+        object.__setattr__(self, "family", resolve_family(self.family))
+        object.__setattr__(self, "prior", resolve_prior(self.prior))
+
+    # ----------------------------------------------------------------------------- structure
+    def head_sizes(self, num_outputs: int) -> dict[str, int]:
+        """Output width of each head: K logits, then K x d per family parameter."""
+        sizes = {LOGITS: self.num_components}
+        for name, width in self.family.head_dims(num_outputs).items():
+            sizes[name] = self.num_components * width
+        return sizes
+
+    def layout(self, num_features: int, num_outputs: int) -> tuple[network.Layer, ...]:
+        """Dense layers for P = `num_features` inputs and D = `num_outputs` outputs."""
+        return network.layer_layout(num_features, self.hidden_sizes, self.head_sizes(num_outputs))
+
+    def sites(self, num_features: int, num_outputs: int) -> tuple[Site, ...]:
+        """Every parameter site with its shape, fan-in and role, in network order."""
+        sites = []
+        for layer in self.layout(num_features, num_outputs):
+            sites.append(Site(f"{layer.name}.kernel", (layer.fan_in, layer.fan_out), layer.fan_in,
+                              "kernel"))
+            sites.append(Site(f"{layer.name}.bias", (layer.fan_out,), layer.fan_in, "bias"))
+        return tuple(sites)
+
+    def num_parameters(self, num_features: int, num_outputs: int) -> int:
+        """Total number of network weights and biases."""
+        total = 0
+        for site in self.sites(num_features, num_outputs):
+            size = 1
+            for extent in site.shape:
+                size *= extent
+            total += size
+        return total
+
+    # ----------------------------------------------------------------------------- maths
+    def mixture(
+        self, params: Mapping[str, jax.Array], X_std: jax.Array, y_scale: jax.Array
+    ) -> tuple[jax.Array, dict[str, jax.Array]]:
+        """Mixture log-weights and component parameters in standardised units.
+
+        Parameters
+        ----------
+        params : mapping of str to Array
+            One value per site (no leading draw axes; vmap for several draws).
+        X_std : Array, shape (N, P)
+            Standardised inputs.
+        y_scale : Array, shape (D,)
+            Standard deviations used to standardise y.
+
+        Returns
+        -------
+        log_weights : Array, shape (N, K)
+            Log mixing weights (log-softmax of the logits head).
+        component_params : dict of str to Array, each (N, K, d)
+        """
+        num_outputs = y_scale.shape[-1]
+        layout = self.layout(X_std.shape[-1], num_outputs)
+        raw = network.apply(params, X_std, layout, self.activation)
+        log_weights = jax.nn.log_softmax(raw[LOGITS], axis=-1)
+        batch = X_std.shape[:-1]
+        heads = {
+            name: raw[name].reshape(*batch, self.num_components, width)
+            for name, width in self.family.head_dims(num_outputs).items()
+        }
+        return log_weights, self.family.constrain(heads, y_scale)
+
+    def numpyro_model(
+        self,
+        X_std: jax.Array,
+        y_std: jax.Array | None = None,
+        *,
+        y_scale: jax.Array,
+        subsample_size: int | None = None,
+    ) -> None:
+        """The NumPyro model in standardised units: priors on every site, a mixture likelihood.
+
+        Parameters
+        ----------
+        X_std : Array, shape (N, P)
+        y_std : Array, shape (N, D), optional
+            Observed standardised targets; ``None`` samples them.
+        y_scale : Array, shape (D,)
+            Standard deviations of y, defining the number of outputs D.
+        subsample_size : int, optional
+            Minibatch size of the data plate; the likelihood is rescaled by N / batch.
+        """
+        num_rows, num_features = X_std.shape
+        params = {site.name: self.prior.sample(site)
+                  for site in self.sites(num_features, y_scale.shape[-1])}
+        with numpyro.plate("data", num_rows, subsample_size=subsample_size) as index:
+            X_batch = X_std if subsample_size is None else X_std[index]
+            y_batch = y_std if (y_std is None or subsample_size is None) else y_std[index]
+            log_weights, component_params = self.mixture(params, X_batch, y_scale)
+            likelihood = dist.MixtureSameFamily(
+                dist.Categorical(logits=log_weights),
+                self.family.distribution(component_params),
+            )
+            numpyro.sample("y", likelihood, obs=y_batch)
+
+    # ----------------------------------------------------------------------------- fitting
+    def fit(self, X: Any, y: Any, *, key: jax.Array, method: str = "map", **options: Any
+            ) -> Posterior:
+        """Fit the model and return an immutable :class:`~bayes_mdn.Posterior`.
+
+        Parameters
+        ----------
+        X : array-like, shape (N, P)
+            Inputs (NumPy, JAX or pandas). Standardised internally.
+        y : array-like, shape (N,) or (N, D)
+            Targets. Standardised internally for location-scale families.
+        key : PRNG key
+            E.g. ``jax.random.key(0)``. The same key gives bit-identical results.
+        method : str
+            ``"map"`` (AutoDelta + Adam). See :func:`bayes_mdn.inference.fit` for options.
+        **options
+            Method options such as ``num_steps``, ``learning_rate``, ``X_test``/``y_test``.
+
+        Returns
+        -------
+        Posterior
+        """
+        from bayes_mdn.inference import fit
+
+        return fit(self, X, y, key=key, method=method, **options)
+
+    # ----------------------------------------------------------------------------- config
+    def to_config(self) -> dict[str, Any]:
+        """JSON-serialisable description, inverted by :meth:`from_config`."""
+        return {
+            "num_components": self.num_components,
+            "hidden_sizes": list(self.hidden_sizes),
+            "activation": self.activation,
+            "family": self.family.to_config(),
+            "prior": self.prior.to_config(),
+        }
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> MDN:
+        """Rebuild a model from :meth:`to_config` output."""
+        return cls(
+            num_components=int(config["num_components"]),
+            hidden_sizes=tuple(int(width) for width in config["hidden_sizes"]),
+            activation=str(config["activation"]),
+            family=family_from_config(config["family"]),
+            prior=prior_from_config(config["prior"]),
+        )
+

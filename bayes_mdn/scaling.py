@@ -1,0 +1,76 @@
+"""Standardisation of X and y, computed in float64 on the host and applied before any JAX work.
+
+Fitting in standardised units makes priors, initialisation and learning rates independent of
+the data's units; :class:`Standardizer` maps back so that every density is reported in the
+original units of y (the log-Jacobian is ``-sum(log y_scale)``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from bayes_mdn._validation import float_dtype
+
+__all__ = ["Standardizer", "to_compute"]
+
+
+def to_compute(array: Any) -> jax.Array:
+    """Cast host data to the JAX compute dtype (float32, or float64 under jax x64)."""
+    return jnp.asarray(np.asarray(array, dtype=np.float64), dtype=float_dtype())
+
+
+def _safe_scale(std: np.ndarray) -> np.ndarray:
+    # A constant column has zero spread; leave it unscaled rather than divide by zero.
+    return np.where(std > 0, std, 1.0)
+
+
+@dataclass(frozen=True, eq=False)
+class Standardizer:
+    """Affine maps ``X_std = (X - x_shift) / x_scale`` and ``y_std = (y - y_shift) / y_scale``.
+
+    Attributes
+    ----------
+    x_shift, x_scale : numpy.ndarray, shape (P,)
+    y_shift, y_scale : numpy.ndarray, shape (D,)
+        Identity (0 and 1) when the family does not standardise y.
+    """
+
+    x_shift: np.ndarray
+    x_scale: np.ndarray
+    y_shift: np.ndarray
+    y_scale: np.ndarray
+
+    @classmethod
+    def fit(cls, X: np.ndarray, y: np.ndarray, *, standardize_y: bool = True) -> Standardizer:
+        """Estimate shifts and scales from float64 training data X (N, P) and y (N, D)."""
+        x_shift = X.mean(axis=0)
+        x_scale = _safe_scale(X.std(axis=0))
+        if standardize_y:
+            y_shift = y.mean(axis=0)
+            y_scale = _safe_scale(y.std(axis=0))
+        else:
+            y_shift = np.zeros(y.shape[1])
+            y_scale = np.ones(y.shape[1])
+        return cls(*(np.asarray(a, dtype=np.float64) for a in (x_shift, x_scale, y_shift, y_scale)))
+
+    def transform_X(self, X: np.ndarray) -> jax.Array:
+        """Standardised inputs in the compute dtype, shape (N, P)."""
+        return to_compute((X - self.x_shift) / self.x_scale)
+
+    def transform_y(self, y: np.ndarray) -> jax.Array:
+        """Standardised targets in the compute dtype, shape (N, D)."""
+        return to_compute((y - self.y_shift) / self.y_scale)
+
+    @property
+    def log_jacobian(self) -> float:
+        """``log |d y_std / d y|``: add it to a standardised log-density to get original units."""
+        return float(-np.sum(np.log(self.y_scale)))
+
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        return {"x_shift": self.x_shift, "x_scale": self.x_scale,
+                "y_shift": self.y_shift, "y_scale": self.y_scale}

@@ -1,0 +1,157 @@
+"""Mixture identities of PredictiveMixture on posteriors with a closed-form predictive."""
+
+from __future__ import annotations
+
+import jax
+import numpy as np
+import pytest
+from conftest import exact_posterior
+from scipy import stats
+from scipy.special import logsumexp
+
+X = np.linspace(-1, 1, 7)[:, None]
+
+
+def reference(logits, locs, scales):
+    """Closed-form mixture over draws: flat log-weights, locs and scales."""
+    logits, locs, scales = (np.atleast_2d(np.asarray(a, np.float64)) for a in
+                            (logits, locs, scales))
+    log_w = (logits - logsumexp(logits, axis=1, keepdims=True)).ravel() - np.log(len(logits))
+    return log_w, locs.ravel(), scales.ravel()
+
+
+@pytest.fixture(params=["one_draw", "two_draws"])
+def case(request, bimodal_posterior, two_draw_posterior):
+    if request.param == "one_draw":
+        return bimodal_posterior, reference(np.log([[0.3, 0.7]]), [[-2.0, 3.0]], [[0.5, 1.0]])
+    return two_draw_posterior, reference(np.log([[0.5, 0.5], [0.2, 0.8]]),
+                                         [[-1.0, 1.0], [0.0, 4.0]], [[1.0, 0.5], [2.0, 0.3]])
+
+
+def test_log_prob_matches_closed_form(case):
+    posterior, (log_w, loc, scale) = case
+    y = np.linspace(-4, 6, X.shape[0])[:, None]
+    expected = logsumexp(log_w + stats.norm.logpdf(y, loc, scale), axis=1)
+    np.testing.assert_allclose(posterior.predictive(X).log_prob(y), expected, atol=2e-5)
+
+
+def test_density_integrates_to_one(case):
+    posterior, _ = case
+    grid = np.linspace(-15, 15, 6001)
+    density = np.exp(posterior.predictive(X).log_prob_grid(grid))
+    np.testing.assert_allclose(np.trapezoid(density, grid, axis=1), 1.0, atol=1e-4)
+
+
+def test_cdf_is_integral_of_density_and_monotone(case):
+    posterior, (log_w, loc, scale) = case
+    pred = posterior.predictive(X[:1])
+    points = np.linspace(-6, 8, 15)
+    cdf = np.array([pred.cdf(np.array([[p]]))[0, 0] for p in points])
+    expected = np.sum(np.exp(log_w) * stats.norm.cdf(points[:, None], loc, scale), axis=1)
+    np.testing.assert_allclose(cdf, expected, atol=1e-5)
+    assert np.all(np.diff(cdf) >= 0)
+
+
+def test_cdf_of_quantiles_is_identity(case):
+    posterior, _ = case
+    pred = posterior.predictive(X)
+    levels = np.array([0.001, 0.05, 0.3, 0.5, 0.7, 0.95, 0.999])
+    quantiles = pred.quantiles(levels)  # (Q, M, D)
+    assert quantiles.shape == (levels.size, X.shape[0], 1)
+    assert np.all(np.diff(quantiles, axis=0) > 0), "quantiles must increase with q"
+    for i, level in enumerate(levels):
+        np.testing.assert_allclose(pred.cdf(quantiles[i])[:, 0], level, atol=2e-5)
+
+
+def test_moments_match_closed_form_and_samples(case):
+    posterior, (log_w, loc, scale) = case
+    pred = posterior.predictive(X)
+    weights = np.exp(log_w)
+    mean = np.sum(weights * loc)
+    variance = np.sum(weights * (scale**2 + loc**2)) - mean**2
+    np.testing.assert_allclose(pred.mean(), mean, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(pred.variance(), variance, rtol=1e-5)
+    samples = pred.sample(jax.random.key(0), num_samples=40_000)
+    assert samples.shape == (40_000, X.shape[0], 1)
+    standard_error = np.sqrt(variance / samples.shape[0])
+    np.testing.assert_allclose(samples.mean(axis=0), mean, atol=5 * standard_error)
+    # Sample variance: relative standard error about sqrt(2 / n) for near-normal data; the
+    # mixture's kurtosis makes it larger, so allow 5 %.
+    np.testing.assert_allclose(samples.var(axis=0), variance, rtol=0.05)
+
+
+def test_samples_follow_the_mixture_cdf(case):
+    posterior, (log_w, loc, scale) = case
+    samples = posterior.predictive(X[:1]).sample(jax.random.key(1), num_samples=5000)[:, 0, 0]
+    def mixture_cdf(y):
+        return np.sum(np.exp(log_w) * stats.norm.cdf(np.asarray(y)[..., None], loc, scale),
+                      axis=-1)
+    assert stats.kstest(samples, mixture_cdf).pvalue > 0.01
+
+
+def test_sampling_is_deterministic_per_key(bimodal_posterior):
+    pred = bimodal_posterior.predictive(X)
+    first = pred.sample(jax.random.key(3), num_samples=10)
+    np.testing.assert_array_equal(first, pred.sample(jax.random.key(3), num_samples=10))
+    assert not np.array_equal(first, pred.sample(jax.random.key(4), num_samples=10))
+
+
+def test_modes_of_a_bimodal_mixture(bimodal_posterior):
+    modes = bimodal_posterior.predictive(X[:2]).modes()
+    assert len(modes) == 2
+    # Well-separated components: modes sit at the locations (shifted by the other component's
+    # negligible slope), highest density first: 0.7 N(3, 1) peaks at 0.28, 0.3 N(-2, .5) at 0.24.
+    np.testing.assert_allclose(modes[0][:, 0], [3.0, -2.0], atol=2e-3)
+    assert modes[0].shape == (2, 1)
+
+
+def test_modes_of_a_unimodal_mixture():
+    posterior = exact_posterior(np.log([[0.5, 0.5]]), [[0.0, 0.5]], [[1.0, 1.0]])
+    modes = posterior.predictive(X[:1]).modes()
+    np.testing.assert_allclose(modes[0][:, 0], [0.25], atol=2e-3)
+
+
+@pytest.mark.parametrize("max_elements", [1, 7, 64, 2**22])
+def test_chunking_does_not_change_results(bimodal_posterior, max_elements):
+    X_many = np.linspace(-3, 3, 37)[:, None]
+    y = np.linspace(-4, 5, 37)[:, None]
+    reference_pred = bimodal_posterior.predictive(X_many)
+    pred = bimodal_posterior.predictive(X_many, max_elements=max_elements)
+    np.testing.assert_allclose(pred.log_prob(y), reference_pred.log_prob(y), rtol=1e-6)
+    np.testing.assert_allclose(pred.quantiles([0.2, 0.8]), reference_pred.quantiles([0.2, 0.8]),
+                               rtol=1e-6)
+
+
+def test_indexing_keeps_batch_axis(two_draw_posterior):
+    pred = two_draw_posterior.predictive(X)
+    assert pred[2].batch_shape == (1,)
+    assert pred[1:4].num_inputs == 3
+    log_w, params = pred[[0, 1]].mixture_parameters()
+    assert log_w.shape == (2, 4) and params["loc"].shape == (2, 4, 1)
+    np.testing.assert_allclose(logsumexp(log_w, axis=1), 0.0, atol=1e-6)
+    with pytest.raises(IndexError, match="out of range"):
+        pred[len(X)]
+
+
+def test_predictive_shapes_and_repr(two_draw_posterior):
+    pred = two_draw_posterior.predictive(X)
+    assert pred.batch_shape == (7,) and pred.event_shape == (1,)
+    assert pred.num_draws == 2 and pred.num_components == 2
+    assert "draws=2" in repr(pred)
+    assert pred.log_prob(np.zeros(7)).shape == (7,)
+    assert pred.cdf(np.zeros((7, 1))).shape == (7, 1)
+    assert pred.quantiles(0.5).shape == (1, 7, 1)
+
+
+def test_bad_queries_are_rejected(bimodal_posterior):
+    pred = bimodal_posterior.predictive(X)
+    with pytest.raises(ValueError, match="strictly between 0 and 1"):
+        pred.quantiles([0.0, 0.5])
+    with pytest.raises(ValueError, match="one row per input"):
+        pred.log_prob(np.zeros(3))
+    with pytest.raises(TypeError, match=r"jax\.random\.key"):
+        pred.sample(0, num_samples=3)
+    with pytest.raises(ValueError, match="at least 1"):
+        pred.sample(jax.random.key(0), num_samples=0)
+    with pytest.raises(ValueError, match="features"):
+        bimodal_posterior.predictive(np.zeros((3, 2)))
