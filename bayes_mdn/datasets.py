@@ -72,9 +72,13 @@ def inverse_sine(
     """
     key = check_key(key)
     num_samples = check_positive_int(num_samples, "num_samples", minimum=2)
-    if isinstance(train_fraction, bool) or not isinstance(train_fraction, (int, float)):
+    if isinstance(train_fraction, bool) or not isinstance(
+            train_fraction, (int, float, np.integer, np.floating)):
         raise TypeError(f"`train_fraction` must be a number in (0, 1); got {train_fraction!r}.")
-    num_train = round(num_samples * train_fraction)
+    if not np.isfinite(train_fraction):
+        raise ValueError(
+            f"`train_fraction` must be a finite number in (0, 1); got {train_fraction}.")
+    num_train = round(num_samples * float(train_fraction))
     if not 0 < num_train < num_samples:
         raise ValueError(
             f"`train_fraction` must leave at least one row in each split; got {train_fraction} "
@@ -153,8 +157,10 @@ def load_uci(directory: str | os.PathLike, split: int = 0
         Shapes (N_train, P), (N_train, 1), (N_test, P), (N_test, 1).
     """
     folder = Path(directory)
-    if not (folder / "data.txt").is_file():
-        raise ValueError(f"{str(folder)!r} holds no data.txt; pass a UCI split-format folder.")
+    for required in ("data.txt", "n_splits.txt", "index_features.txt", "index_target.txt"):
+        if not (folder / required).is_file():
+            raise ValueError(f"{str(folder)!r} holds no {required}; pass a UCI split-format "
+                             "folder.")
     num_splits = int(np.loadtxt(folder / "n_splits.txt"))
     if isinstance(split, bool) or not isinstance(split, (int, np.integer)):
         raise TypeError(f"`split` must be an integer; got {split!r}.")

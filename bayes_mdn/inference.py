@@ -88,6 +88,7 @@ def prepare_data(model: MDN, X: Any, y: Any, X_test: Any = None, y_test: Any = N
     X_host = as_features(X, "X")
     y_host = as_targets(y, "y")
     check_same_rows(X_host, y_host)
+    model.prior.check_sites(model.sites(X_host.shape[1], y_host.shape[1]))
     model.family.check_support(y_host, "y")
     standardizer = Standardizer.fit(X_host, y_host, standardize_y=model.family.standardize_y)
     if (X_test is None) != (y_test is None):

@@ -14,11 +14,13 @@ Writes go to a temporary file in the same folder, then ``os.replace`` it into pl
 
 from __future__ import annotations
 
+import errno
 import io
 import json
 import os
 import tempfile
 import zipfile
+import zlib
 from importlib import metadata as importlib_metadata
 from pathlib import Path
 from typing import Any
@@ -126,8 +128,14 @@ def _read_archive(path: Path) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
                     raise ValueError(f"{str(path)!r} is incomplete: array {name!r} is missing.")
                 arrays[name] = np.lib.format.read_array(io.BytesIO(archive.read(member)),
                                                         allow_pickle=False)
-    except (zipfile.BadZipFile, EOFError, UnicodeDecodeError, json.JSONDecodeError,
-            KeyError, zipfile.LargeZipFile) as error:
+    except (zipfile.BadZipFile, zlib.error, NotImplementedError, EOFError, UnicodeDecodeError,
+            json.JSONDecodeError, KeyError, TypeError, zipfile.LargeZipFile) as error:
+        raise ValueError(
+            f"{str(path)!r} is not a readable bayes_mdn file (truncated or corrupted?): {error}"
+        ) from None
+    except OSError as error:  # e.g. a corrupted header pointing past the end of the file
+        if error.errno != errno.EINVAL:
+            raise
         raise ValueError(
             f"{str(path)!r} is not a readable bayes_mdn file (truncated or corrupted?): {error}"
         ) from None

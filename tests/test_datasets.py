@@ -90,23 +90,12 @@ def test_inverse_sine_train_fraction_type(fraction):
         inverse_sine(jax.random.key(0), num_samples=100, train_fraction=fraction)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Source bug: inverse_sine calls int(round(num_samples * train_fraction)) before "
-    "checking finiteness, so inf raises OverflowError and nan a bare 'cannot convert float "
-    "NaN to integer' ValueError that does not name `train_fraction`.",
-)
 @pytest.mark.parametrize("fraction", [float("inf"), float("nan")])
 def test_inverse_sine_train_fraction_non_finite(fraction):
     with pytest.raises(ValueError, match=r"`train_fraction`"):
         inverse_sine(jax.random.key(0), num_samples=100, train_fraction=fraction)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Source bug: the isinstance(train_fraction, (int, float)) check rejects NumPy "
-    "scalars such as np.float32(0.5) (np.float64 passes only because it subclasses float).",
-)
 def test_inverse_sine_accepts_numpy_float32_fraction():
     X_train, *_ = inverse_sine(jax.random.key(0), num_samples=100,
                                train_fraction=np.float32(0.5))

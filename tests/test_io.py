@@ -121,8 +121,9 @@ def test_round_trip_draws_and_standardizer(posterior, loaded):
 
 
 def test_round_trip_history_and_info(posterior, loaded):
-    assert set(loaded.history) == set(posterior.history) == {
-        "loss", "eval_step", "train_log_likelihood", "test_log_likelihood"}
+    assert set(loaded.history) == set(posterior.history)
+    assert set(posterior.history) >= {"loss", "eval_step", "train_log_likelihood",
+                                      "test_log_likelihood"}
     for name, value in posterior.history.items():
         assert loaded.history[name].dtype == value.dtype, name
         np.testing.assert_array_equal(loaded.history[name], value, err_msg=name)
@@ -136,7 +137,7 @@ def test_metadata_records_format_and_versions(saved):
     metadata = _metadata(saved)
     assert metadata["format"] == "bayes_mdn.posterior"
     assert metadata["format_version"] == 1
-    assert set(metadata["versions"]) == {"bayes-mdn", "jax", "numpyro"}
+    assert set(metadata["versions"]) >= {"bayes-mdn", "jax", "numpyro"}
     with zipfile.ZipFile(saved) as archive:
         assert {f"{name}.npy" for name in metadata["arrays"]} | {"metadata.json"} == set(
             archive.namelist())
@@ -314,12 +315,6 @@ def test_load_member_with_bad_checksum(saved, tmp_path):
         bm.load(path)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Source bug: io._read_archive does not catch zlib.error (nor NotImplementedError or "
-    "OSError(EINVAL) from other header corruptions), so a corrupted DEFLATE stream escapes "
-    "as zlib.error instead of the documented ValueError.",
-)
 def test_load_corrupted_deflate_stream(saved, tmp_path):
     with zipfile.ZipFile(saved) as archive:
         info = archive.getinfo("metadata.json")

@@ -392,11 +392,6 @@ def test_prior_dict_with_non_string_key():
         bm.MDN(prior={0: Normal(1.0)})
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Source bug: PriorMap.check_sites exists but is never called by fit(), so a "
-    "misspelled prior-dict key is silently ignored and the default prior is used.",
-)
 def test_prior_dict_key_matching_no_site_is_rejected_at_fit(data):
     X, y = data
     model = bm.MDN(num_components=2, hidden_sizes=(4,),
