@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt
 
-import bayes_mdn as bm  # noqa: E402
-from bayes_mdn import plotting  # noqa: E402
+import bayes_mdn as bm
+from bayes_mdn import plotting
 
 
 @pytest.fixture(scope="module")
