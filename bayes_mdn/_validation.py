@@ -75,6 +75,27 @@ def _check_finite(array: np.ndarray, name: str) -> None:
         )
 
 
+def _finish_2d(array: np.ndarray, name: str, columns: tuple[str, str], expected: int | None,
+               context: str) -> np.ndarray:
+    """Shared tail of as_features/as_targets: non-empty, right width, float64, finite.
+
+    `columns` names the columns when there are none and when their count is wrong.
+    """
+    if array.shape[0] == 0:
+        raise ValueError(f"`{name}` has no rows (shape {array.shape}); pass at least one row.")
+    if array.shape[1] == 0:
+        raise ValueError(f"`{name}` has no {columns[0]} (shape {array.shape}); pass at least "
+                         "one.")
+    if expected is not None and array.shape[1] != expected:
+        raise ValueError(
+            f"`{name}` has {array.shape[1]} {columns[1]} but {context} {expected}; pass an array "
+            f"of shape (M, {expected})."
+        )
+    array = array.astype(np.float64, copy=False)
+    _check_finite(array, name)
+    return array
+
+
 def as_features(X: Any, name: str = "X", *, num_features: int | None = None) -> np.ndarray:
     """Validate inputs `X` and return them as a 2-D float64 NumPy array.
 
@@ -99,18 +120,8 @@ def as_features(X: Any, name: str = "X", *, num_features: int | None = None) -> 
         raise ValueError(
             f"`{name}` must be a 2-D array of shape (N, P); got shape {array.shape}.{hint}"
         )
-    if array.shape[0] == 0:
-        raise ValueError(f"`{name}` has no rows (shape {array.shape}); pass at least one row.")
-    if array.shape[1] == 0:
-        raise ValueError(f"`{name}` has no columns (shape {array.shape}); pass at least one.")
-    if num_features is not None and array.shape[1] != num_features:
-        raise ValueError(
-            f"`{name}` has {array.shape[1]} features but the model was fitted with "
-            f"{num_features}; pass an array of shape (M, {num_features})."
-        )
-    array = array.astype(np.float64, copy=False)
-    _check_finite(array, name)
-    return array
+    return _finish_2d(array, name, ("columns", "features"), num_features,
+                      "the model was fitted with")
 
 
 def as_targets(y: Any, name: str = "y", *, num_outputs: int | None = None) -> np.ndarray:
@@ -137,18 +148,8 @@ def as_targets(y: Any, name: str = "y", *, num_outputs: int | None = None) -> np
             f"`{name}` must have shape (N,) or (N, D); got shape {array.shape}. "
             f"Reshape it with {name}.reshape(len({name}), -1)."
         )
-    if array.shape[0] == 0:
-        raise ValueError(f"`{name}` has no rows (shape {array.shape}); pass at least one row.")
-    if array.shape[1] == 0:
-        raise ValueError(f"`{name}` has no output columns (shape {array.shape}).")
-    if num_outputs is not None and array.shape[1] != num_outputs:
-        raise ValueError(
-            f"`{name}` has {array.shape[1]} output columns but the model has "
-            f"{num_outputs}; pass an array of shape (M, {num_outputs})."
-        )
-    array = array.astype(np.float64, copy=False)
-    _check_finite(array, name)
-    return array
+    return _finish_2d(array, name, ("output columns", "output columns"), num_outputs,
+                      "the model has")
 
 
 def check_same_rows(X: np.ndarray, y: np.ndarray, x_name: str = "X", y_name: str = "y") -> None:
