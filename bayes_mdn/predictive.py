@@ -84,6 +84,21 @@ def _moments_kernel(model, draws, y_shift, y_scale, X_std):
     return mean, variance
 
 
+@partial(jax.jit, static_argnames="model")
+def _variance_split_kernel(model, draws, y_shift, y_scale, X_std):
+    """Per-draw mixture mean and variance, reduced over draws: (aleatoric, epistemic)."""
+    log_weights, params = _flat_mixture(model, draws, y_shift, y_scale, X_std)
+    num_draws = next(iter(draws.values())).shape[0]
+    per_draw = (X_std.shape[0], num_draws, model.num_components, -1)
+    weights = jnp.exp(log_weights).reshape(per_draw) * num_draws  # sums to 1 within a draw
+    component_mean = model.family.mean(params).reshape(per_draw)
+    draw_mean = jnp.sum(weights * component_mean, axis=2)  # (m, S, D)
+    spread = jnp.square(component_mean - draw_mean[:, :, None, :])
+    draw_variance = jnp.sum(weights * (model.family.variance(params).reshape(per_draw) + spread),
+                            axis=2)
+    return jnp.mean(draw_variance, axis=1), jnp.var(draw_mean, axis=1)
+
+
 @partial(jax.jit, static_argnames=("model", "num_iterations"))
 def _quantile_kernel(model, num_iterations, draws, y_shift, y_scale, X_std, q):
     """Bisection on the mixture cdf; returns (Q, m, D).
@@ -333,6 +348,19 @@ class PredictiveMixture:
     def variance(self) -> np.ndarray:
         """Predictive marginal variance (aleatoric + epistemic), a numpy.ndarray (M, D)."""
         return self._run(_moments_kernel)[1]
+
+    def variance_decomposition(self) -> tuple[np.ndarray, np.ndarray]:
+        """Split the predictive variance by the law of total variance over posterior draws.
+
+        Returns
+        -------
+        aleatoric : numpy.ndarray, shape (M, D)
+            ``E_s[Var(y | x, theta_s)]``: noise the model expects even with known weights.
+        epistemic : numpy.ndarray, shape (M, D)
+            ``Var_s[E(y | x, theta_s)]``: disagreement between draws; zero for MAP.
+            ``aleatoric + epistemic`` equals :meth:`variance`.
+        """
+        return self._run(_variance_split_kernel)
 
     def quantiles(self, q: Any, *, num_iterations: int | None = None) -> np.ndarray:
         """Marginal quantiles by bisection on the mixture cdf (monotone in `q`).

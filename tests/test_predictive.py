@@ -155,3 +155,23 @@ def test_bad_queries_are_rejected(bimodal_posterior):
         pred.sample(jax.random.key(0), num_samples=0)
     with pytest.raises(ValueError, match="features"):
         bimodal_posterior.predictive(np.zeros((3, 2)))
+
+
+def test_variance_decomposition(two_draw_posterior, bimodal_posterior):
+    pred = two_draw_posterior.predictive(X)
+    aleatoric, epistemic = pred.variance_decomposition()
+    # Per draw: mean and variance of its own mixture; then the law of total variance.
+    means, variances = [], []
+    for logits, loc, scale in ((np.log([0.5, 0.5]), [-1.0, 1.0], [1.0, 0.5]),
+                               (np.log([0.2, 0.8]), [0.0, 4.0], [2.0, 0.3])):
+        w, loc, scale = np.exp(logits), np.array(loc), np.array(scale)
+        mean = np.sum(w * loc)
+        means.append(mean)
+        variances.append(np.sum(w * (scale**2 + (loc - mean) ** 2)))
+    np.testing.assert_allclose(aleatoric, np.mean(variances), rtol=1e-5)
+    np.testing.assert_allclose(epistemic, np.var(means), rtol=1e-5)
+    np.testing.assert_allclose(aleatoric + epistemic, pred.variance(), rtol=1e-5)
+    # One draw (MAP): no epistemic part.
+    aleatoric, epistemic = bimodal_posterior.predictive(X).variance_decomposition()
+    np.testing.assert_allclose(epistemic, 0.0, atol=1e-6)
+    np.testing.assert_allclose(aleatoric, bimodal_posterior.predictive(X).variance(), rtol=1e-6)
