@@ -101,11 +101,12 @@ def prepare_data(model: MDN, X: Any, y: Any, X_test: Any = None, y_test: Any = N
         model.family.check_support(y_test_host, "y_test")
         X_test_std = standardizer.transform_X(X_test_host)
         y_test_std = standardizer.transform_y(y_test_host)
+    X_std = standardizer.transform_X(X_host)
     return FitData(
         standardizer=standardizer,
-        X=standardizer.transform_X(X_host),
+        X=X_std,
         y=standardizer.transform_y(y_host),
-        y_scale=jnp.asarray(standardizer.y_scale, dtype=standardizer.transform_X(X_host).dtype),
+        y_scale=jnp.asarray(standardizer.y_scale, dtype=X_std.dtype),
         X_test=X_test_std,
         y_test=y_test_std,
     )
