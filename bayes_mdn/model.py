@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -108,13 +109,7 @@ class MDN:
 
     def num_parameters(self, num_features: int, num_outputs: int) -> int:
         """Total number of network weights and biases."""
-        total = 0
-        for site in self.sites(num_features, num_outputs):
-            size = 1
-            for extent in site.shape:
-                size *= extent
-            total += size
-        return total
+        return sum(math.prod(site.shape) for site in self.sites(num_features, num_outputs))
 
     # ----------------------------------------------------------------------------- maths
     def mixture(
