@@ -4,7 +4,8 @@ File format (``format_version`` 1): a ZIP archive holding
 
 * ``metadata.json``: ``{"format": "bayes_mdn.posterior", "format_version": 1, "model": ...,
   "method": ..., "info": ..., "versions": ..., "arrays": [names]}``;
-* one ``.npy`` member per array: ``draws/<site>.npy`` (C, S, ...), ``history/<name>.npy`` and
+* one ``.npy`` member per array: ``draws/<site>.npy`` (C, S, ...), ``history/<name>.npy``,
+  ``sample_stats/<name>.npy`` (C, S; sampler statistics, NUTS only) and
   ``standardizer/<name>.npy``.
 
 Arrays are read with ``allow_pickle=False`` and every member is CRC-checked by the ZIP
@@ -74,6 +75,8 @@ def save(posterior: Posterior, path: str | os.PathLike) -> None:
     arrays: dict[str, np.ndarray] = {}
     arrays.update({f"draws/{k}": np.asarray(v) for k, v in posterior.draws.items()})
     arrays.update({f"history/{k}": np.asarray(v) for k, v in posterior.history.items()})
+    arrays.update({f"sample_stats/{k}": np.asarray(v)
+                   for k, v in posterior.sample_stats.items()})
     arrays.update({f"standardizer/{k}": v
                    for k, v in posterior.standardizer.to_arrays().items()})
     metadata = {
@@ -182,5 +185,6 @@ def load(path: str | os.PathLike) -> Posterior:
         draws={name: jnp.asarray(value) for name, value in group("draws").items()},
         standardizer=standardizer,
         history=group("history"),
+        sample_stats=group("sample_stats"),
         info=metadata.get("info", {}),
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -37,10 +38,10 @@ class Posterior:
     model : MDN
         The specification that was fitted.
     method : str
-        ``"map"`` and, as they land, the other inference methods.
+        ``"map"``, ``"ensemble"``, ``"svi"``, ``"laplace"`` or ``"nuts"``.
     draws : mapping of str to Array
         One entry per parameter site, shape (C, S, *site_shape): C chains of S draws.
-        MAP is (1, 1, ...).
+        MAP is (1, 1, ...); an ensemble, SVI and Laplace are (1, S, ...).
     standardizer : Standardizer
         The shifts and scales learned from the training data.
     history : mapping of str to numpy.ndarray
@@ -48,6 +49,10 @@ class Posterior:
         ``train_log_likelihood`` and ``test_log_likelihood`` (per point, original units).
     info : mapping of str to Any
         JSON-serialisable facts: ``fit_seconds``, options used, library versions.
+    sample_stats : mapping of str to numpy.ndarray
+        Per-draw sampler statistics, each (C, S): for NUTS ``diverging``, ``tree_depth``,
+        ``num_steps`` (leapfrog steps), ``step_size``, ``accept_prob``, ``energy``,
+        ``potential_energy``. Empty for other methods.
     """
 
     model: MDN
@@ -56,11 +61,18 @@ class Posterior:
     standardizer: Standardizer
     history: Mapping[str, np.ndarray] = field(default_factory=dict)
     info: Mapping[str, Any] = field(default_factory=dict)
+    sample_stats: Mapping[str, np.ndarray] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "draws", MappingProxyType(dict(self.draws)))
         object.__setattr__(self, "history", _frozen_arrays(self.history))
         object.__setattr__(self, "info", MappingProxyType(dict(self.info)))
+        object.__setattr__(self, "sample_stats", _frozen_arrays(self.sample_stats))
+        shapes = {tuple(value.shape[:2]) for value in self.draws.values()}
+        shapes |= {tuple(value.shape[:2]) for value in self.sample_stats.values()}
+        if len(shapes) > 1:
+            raise ValueError(f"Every draw and sample statistic must share the leading (chain, "
+                             f"draw) axes; got {sorted(shapes)}.")
 
     # ----------------------------------------------------------------------- shapes
     @property
@@ -87,6 +99,42 @@ class Posterior:
         """Draws with chains and draws merged: each site (C * S, *site_shape)."""
         return {name: value.reshape(-1, *value.shape[2:]) for name, value in self.draws.items()}
 
+    def thin(self, step: int | None = None, *, num_draws: int | None = None) -> Posterior:
+        """A posterior with fewer draws per chain, to trade accuracy for prediction speed.
+
+        Parameters
+        ----------
+        step : int, optional
+            Keep every `step`-th draw of each chain.
+        num_draws : int, optional
+            Keep this many draws per chain, evenly spaced over the chain (after `step`).
+
+        Returns
+        -------
+        Posterior
+            The same fit with draws (and sample statistics) (C, S', ...); ``info`` records
+            ``thinned_from``, the original S.
+        """
+        if step is None and num_draws is None:
+            raise ValueError("Pass `step` (keep every step-th draw) or `num_draws`.")
+        index = np.arange(self.num_draws)
+        if step is not None:
+            index = index[:: check_positive_int(step, "step")]
+        if num_draws is not None:
+            num_draws = check_positive_int(num_draws, "num_draws")
+            if num_draws > index.size:
+                raise ValueError(f"`num_draws`={num_draws} exceeds the {index.size} draws per "
+                                 "chain available; pass at most that many.")
+            index = index[np.linspace(0, index.size - 1, num_draws).round().astype(int)]
+        info = dict(self.info)
+        info.setdefault("thinned_from", self.num_draws)
+        return dataclasses.replace(
+            self,
+            draws={name: value[:, index] for name, value in self.draws.items()},
+            sample_stats={name: value[:, index] for name, value in self.sample_stats.items()},
+            info=info,
+        )
+
     def __repr__(self) -> str:
         return (
             f"Posterior(method={self.method!r}, chains={self.num_chains}, draws={self.num_draws}, "
@@ -95,14 +143,17 @@ class Posterior:
         )
 
     # ----------------------------------------------------------------------- prediction
-    def predictive(self, X: Any, *, max_elements: int = DEFAULT_MAX_ELEMENTS
-                   ) -> PredictiveMixture:
+    def predictive(self, X: Any, *, num_draws: int | None = None,
+                   max_elements: int = DEFAULT_MAX_ELEMENTS) -> PredictiveMixture:
         """The posterior predictive mixture at new inputs.
 
         Parameters
         ----------
         X : array-like, shape (M, P)
             New inputs in original units, with the P features seen at fit time.
+        num_draws : int, optional
+            Use this many draws in all (evenly spaced over the C * S available) for a faster,
+            coarser predictive; default all of them.
         max_elements : int
             Memory budget: the number of (input, draw, component, ...) terms evaluated at
             once. Lower it if predictions run out of memory.
@@ -114,9 +165,18 @@ class Posterior:
         """
         X_checked = as_features(X, "X", num_features=self.num_features)
         max_elements = check_positive_int(max_elements, "max_elements")
+        draws = self.flat_draws()
+        if num_draws is not None:
+            total = self.num_chains * self.num_draws
+            num_draws = check_positive_int(num_draws, "num_draws")
+            if num_draws > total:
+                raise ValueError(f"`num_draws`={num_draws} exceeds the {total} posterior draws "
+                                 "available; pass at most that many.")
+            index = np.linspace(0, total - 1, num_draws).round().astype(int)
+            draws = {name: value[index] for name, value in draws.items()}
         return PredictiveMixture(
             model=self.model,
-            draws=self.flat_draws(),
+            draws=draws,
             standardizer=self.standardizer,
             X_std=self.standardizer.transform_X(X_checked),
             max_elements=max_elements,
@@ -131,7 +191,8 @@ class Posterior:
         dict
             Keys ``method``, ``num_chains``, ``num_draws``, ``num_parameters``,
             ``fit_seconds`` and, where recorded, ``final_loss``,
-            ``train_log_likelihood``, ``test_log_likelihood``.
+            ``train_log_likelihood``, ``test_log_likelihood``, and for NUTS
+            ``num_divergent`` and ``mean_tree_depth``.
         """
         report: dict[str, Any] = {
             "method": self.method,
@@ -145,6 +206,10 @@ class Posterior:
         for name in ("train_log_likelihood", "test_log_likelihood"):
             if name in self.history and self.history[name].size:
                 report[name] = float(self.history[name][-1])
+        if "diverging" in self.sample_stats:
+            report["num_divergent"] = int(self.sample_stats["diverging"].sum())
+        if "tree_depth" in self.sample_stats:
+            report["mean_tree_depth"] = float(self.sample_stats["tree_depth"].mean())
         return report
 
     # ----------------------------------------------------------------------- persistence

@@ -1,0 +1,186 @@
+"""What every inference method shares: validated, standardised data, the data-dependent
+starting point, and log-likelihood evaluation of one or several parameter draws."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import partial
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import numpyro.distributions as dist
+from jax.scipy.special import logsumexp
+
+from bayes_mdn import network
+from bayes_mdn._validation import as_features, as_targets, check_same_rows
+from bayes_mdn.model import MDN
+from bayes_mdn.scaling import Standardizer
+
+__all__ = ["FitData", "initial_params", "mean_log_likelihood", "predictive_log_likelihood",
+           "prepare_data"]
+
+
+@dataclass(frozen=True, eq=False)
+class FitData:
+    """Validated, standardised training (and optional held-out) data.
+
+    Attributes
+    ----------
+    standardizer : Standardizer
+    X, y : Array, shapes (N, P) and (N, D)
+        Standardised training data in the compute dtype.
+    y_scale : Array, shape (D,)
+    X_test, y_test : Array or None
+        Standardised held-out data, if given.
+    """
+
+    standardizer: Standardizer
+    X: jax.Array
+    y: jax.Array
+    y_scale: jax.Array
+    X_test: jax.Array | None = None
+    y_test: jax.Array | None = None
+
+    @property
+    def num_rows(self) -> int:
+        return int(self.X.shape[0])
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """(N, P, D): what compiled programs are specialised on."""
+        return (int(self.X.shape[0]), int(self.X.shape[1]), int(self.y.shape[1]))
+
+    @property
+    def has_test(self) -> bool:
+        return self.X_test is not None
+
+    def test_or_placeholder(self) -> tuple[jax.Array, jax.Array]:
+        """Held-out data, or one training row so compiled programs keep one signature."""
+        if self.has_test:
+            return self.X_test, self.y_test
+        return self.X[:1], self.y[:1]
+
+
+def prepare_data(model: MDN, X: Any, y: Any, X_test: Any = None, y_test: Any = None) -> FitData:
+    """Validate and standardise training data (and held-out data, if given).
+
+    Raises
+    ------
+    ValueError, TypeError
+        For anything :mod:`bayes_mdn._validation` rejects, or a y outside the family's support.
+    """
+    X_host = as_features(X, "X")
+    y_host = as_targets(y, "y")
+    check_same_rows(X_host, y_host)
+    model.prior.check_sites(model.sites(X_host.shape[1], y_host.shape[1]))
+    model.family.check_support(y_host, "y")
+    standardizer = Standardizer.fit(X_host, y_host, standardize_y=model.family.standardize_y)
+    if (X_test is None) != (y_test is None):
+        raise ValueError("Pass both `X_test` and `y_test` to record held-out log-likelihood.")
+    X_test_std = y_test_std = None
+    if X_test is not None:
+        X_test_host = as_features(X_test, "X_test", num_features=X_host.shape[1])
+        y_test_host = as_targets(y_test, "y_test", num_outputs=y_host.shape[1])
+        check_same_rows(X_test_host, y_test_host, "X_test", "y_test")
+        model.family.check_support(y_test_host, "y_test")
+        X_test_std = standardizer.transform_X(X_test_host)
+        y_test_std = standardizer.transform_y(y_test_host)
+    X_std = standardizer.transform_X(X_host)
+    return FitData(
+        standardizer=standardizer,
+        X=X_std,
+        y=standardizer.transform_y(y_host),
+        y_scale=jnp.asarray(standardizer.y_scale, dtype=X_std.dtype),
+        X_test=X_test_std,
+        y_test=y_test_std,
+    )
+
+
+def initial_params(model: MDN, data: FitData, key: jax.Array) -> dict[str, jax.Array]:
+    """Data-dependent starting point: spread component locations, near-uniform weights.
+
+    A key array of shape (E,) gives E independent starting points, each site (E, ...).
+    """
+    num_features, num_outputs = data.X.shape[1], data.y.shape[1]
+    head_bias = {"logits": np.zeros(model.num_components)}
+    head_bias.update(model.family.initial_head_bias(np.asarray(data.y), model.num_components))
+    layout = model.layout(num_features, num_outputs)
+    if key.ndim == 0:
+        return _init_network(key, layout, head_bias, dtype=data.X.dtype)
+    return _init_networks(key, layout, head_bias, dtype=data.X.dtype)
+
+
+# Compiled as one program: run eagerly, each small op would compile on its own (~0.1 s each).
+_init_network = jax.jit(network.init_params, static_argnames=("layout", "head_kernel_scale",
+                                                              "dtype"))
+
+
+@partial(jax.jit, static_argnames=("layout", "dtype"))
+def _init_networks(keys, layout, head_bias, dtype):
+    return jax.vmap(lambda key: network.init_params(key, layout, head_bias, dtype=dtype))(keys)
+
+
+def _point_log_prob(model: MDN, params, X_std, y_std, y_scale) -> jax.Array:
+    log_weights, component_params = model.mixture(params, X_std, y_scale)
+    mixture = dist.MixtureSameFamily(
+        dist.Categorical(logits=log_weights), model.family.distribution(component_params)
+    )
+    return mixture.log_prob(y_std)
+
+
+def mean_log_likelihood(model: MDN, params, X_std, y_std, y_scale) -> jax.Array:
+    """Mean log-likelihood per row of one parameter value, in *standardised* units (add the
+    standardizer's log-Jacobian for original units)."""
+    return jnp.mean(_point_log_prob(model, params, X_std, y_std, y_scale))
+
+
+def predictive_log_likelihood(model: MDN, draws, X_std, y_std, y_scale) -> jax.Array:
+    """Mean log posterior-predictive density per row, averaging the density over draws.
+
+    Parameters
+    ----------
+    draws : dict of str to Array
+        Each site with a leading draw axis (S, ...).
+
+    Returns
+    -------
+    Array, scalar
+        ``mean_n log (1/S) sum_s p(y_n | x_n, theta_s)`` in standardised units.
+    """
+    per_draw = jax.vmap(lambda params: _point_log_prob(model, params, X_std, y_std, y_scale)
+                        )(draws)  # (S, N)
+    num_draws = per_draw.shape[0]
+    return jnp.mean(logsumexp(per_draw, axis=0) - jnp.log(num_draws))
+
+
+def draws_from_init(init: Any, model: MDN, data: FitData) -> dict[str, jax.Array]:
+    """The draws of a fitted Posterior passed as ``init=``, flattened to (C * S, ...).
+
+    Raises
+    ------
+    TypeError
+        If `init` is not a Posterior.
+    ValueError
+        If it was fitted with another model or another number of features or outputs.
+    """
+    from bayes_mdn.posterior import Posterior
+
+    if not isinstance(init, Posterior):
+        raise TypeError(
+            f"`init` must be a fitted bayes_mdn.Posterior (e.g. from method='map'); got "
+            f"{type(init).__name__}."
+        )
+    if init.model != model:
+        raise ValueError(
+            "`init` was fitted with a different MDN specification; fit the same model "
+            f"(got {init.model} and {model})."
+        )
+    _, num_features, num_outputs = data.shape
+    if (init.num_features, init.num_outputs) != (num_features, num_outputs):
+        raise ValueError(
+            f"`init` was fitted with {init.num_features} features and {init.num_outputs} "
+            f"outputs; these data have {num_features} and {num_outputs}."
+        )
+    return {name: jnp.asarray(value, data.X.dtype) for name, value in init.flat_draws().items()}

@@ -1,0 +1,312 @@
+"""Stochastic optimisation shared by MAP, SVI and deep ensembles.
+
+Every optimisation-based method is NumPyro's SVI with some guide (AutoDelta for MAP) and an
+optax optimiser. The optimisation runs as a compiled ``lax.scan`` over blocks of steps;
+Python only sees block boundaries (progress lines, held-out evaluation), never single steps.
+A block kernel is compiled once per program, and programs are cached by the caller per
+(model, data shape, options that change the computation), so refitting with a new key or
+new data of the same shape does not recompile.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+import warnings
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from functools import partial
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from numpyro.infer import SVI
+from numpyro.optim import optax_to_numpyro
+
+from bayes_mdn._validation import check_positive_float, check_positive_int
+from bayes_mdn.inference._data import FitData
+
+__all__ = ["OptimOptions", "OptimProgram", "build_program", "make_optimizer", "run_blocks"]
+
+#: Signature of a held-out evaluation: (estimate, key, X, y, y_scale) -> mean log-likelihood
+#: per row in standardised units.
+Evaluate = Callable[[Mapping[str, jax.Array], jax.Array, jax.Array, jax.Array, jax.Array],
+                    jax.Array]
+
+LR_SCHEDULES = ("constant", "cosine")
+
+
+@dataclass(frozen=True)
+class OptimOptions:
+    """Options shared by every optimisation-based method.
+
+    Attributes
+    ----------
+    num_steps : int
+        Optimisation steps.
+    learning_rate : float
+        Adam step size (in standardised units, so it rarely needs tuning).
+    lr_schedule : str or callable
+        ``"constant"``, ``"cosine"`` (decay to 1 % of `learning_rate` over `num_steps`), or an
+        optax schedule ``step -> learning rate``.
+    ema_decay : float
+        If positive, the estimate returned is a bias-corrected exponential moving average of
+        the iterates with this decay (Polyak averaging, window about ``1 / (1 - decay)``
+        steps) instead of the last iterate. 0.995 suits a few thousand steps.
+    num_evaluations : int
+        How many times during the fit to record train/test log-likelihood (and report
+        progress); the loss is recorded at every step regardless.
+    progress : bool
+        Print progress lines to stderr while training.
+    """
+
+    num_steps: int = 2000
+    learning_rate: float = 0.01
+    lr_schedule: Any = "constant"
+    ema_decay: float = 0.0
+    num_evaluations: int = 50
+    progress: bool = False
+
+    def __post_init__(self) -> None:
+        check_positive_int(self.num_steps, "num_steps")
+        check_positive_float(self.learning_rate, "learning_rate")
+        if not callable(self.lr_schedule) and self.lr_schedule not in LR_SCHEDULES:
+            raise ValueError(
+                f"`lr_schedule` must be one of {list(LR_SCHEDULES)} or an optax schedule "
+                f"(a callable step -> learning rate); got {self.lr_schedule!r}."
+            )
+        if isinstance(self.ema_decay, bool) or not isinstance(self.ema_decay, (int, float)):
+            raise TypeError(f"`ema_decay` must be a number in [0, 1); got {self.ema_decay!r}.")
+        if not 0 <= self.ema_decay < 1:
+            raise ValueError(f"`ema_decay` must be in [0, 1); got {self.ema_decay}.")
+        check_positive_int(self.num_evaluations, "num_evaluations")
+        if not isinstance(self.progress, bool):
+            raise TypeError(f"`progress` must be True or False; got {self.progress!r}.")
+
+    def optimizer_key(self) -> tuple[Any, ...]:
+        """The options that change the compiled optimiser (part of program cache keys)."""
+        schedule_steps = self.num_steps if self.lr_schedule == "cosine" else None
+        return (self.learning_rate, self.lr_schedule, schedule_steps)
+
+
+def make_optimizer(learning_rate: float, lr_schedule: Any, schedule_steps: int | None):
+    """Adam with the chosen schedule, skipping (and counting) non-finite updates.
+
+    ``apply_if_finite`` skips a step whose gradient is NaN/inf instead of poisoning the
+    parameters; a healthy fit never triggers it.
+    """
+    if callable(lr_schedule):
+        rate = lr_schedule
+    elif lr_schedule == "cosine":
+        rate = optax.cosine_decay_schedule(learning_rate, schedule_steps, alpha=0.01)
+    else:
+        rate = learning_rate
+    adam = optax.adam(rate)
+    return optax_to_numpyro(optax.apply_if_finite(adam, max_consecutive_errors=10**9))
+
+
+@dataclass(frozen=True, eq=False)
+class OptimProgram:
+    """An SVI object and its compiled kernels.
+
+    Attributes
+    ----------
+    svi : numpyro.infer.SVI
+    init_state : callable
+        ``(key, X, y, y_scale, init_params) -> SVIState``, compiled.
+    run_block : callable
+        One block of steps for one optimisation, compiled; see :func:`build_program`.
+    run_block_members : callable
+        The same kernel vmapped over independent optimisations (deep ensembles): the state,
+        the average and the evaluation key carry a leading member axis.
+    """
+
+    svi: SVI
+    init_state: Callable[..., Any]
+    run_block: Callable[..., Any]
+    run_block_members: Callable[..., Any]
+
+
+def build_program(svi: SVI, evaluate: Evaluate) -> OptimProgram:
+    """Compile-once kernels for `svi`; `evaluate` scores the block's estimate."""
+
+    @jax.jit
+    def init_state(key, X, y, y_scale, init_params):
+        # Traced once: eager svi.init would compile every small op of the model separately.
+        return svi.init(key, X, y, y_scale=y_scale, init_params=init_params)
+
+    def run_block(state, average, first_step, num_steps, ema_decay, eval_key, X, y, y_scale,
+                  X_train_eval, y_train_eval, X_test, y_test, *, block_size):
+        """`block_size` steps (those past `num_steps` leave the state unchanged), with an
+        exponential moving average of the raw parameters, then train/test log-likelihood at
+        the block's estimate (the bias-corrected average; the last iterate if decay is 0)."""
+
+        def step(carry, index):
+            state, average = carry
+            new_state, loss = svi.update(state, X, y, y_scale=y_scale)
+            active = first_step + index < num_steps
+            state = jax.tree.map(lambda new, old: jnp.where(active, new, old), new_state, state)
+            raw = svi.optim.get_params(state.optim_state)
+            average = jax.tree.map(
+                lambda mean, value: jnp.where(active, ema_decay * mean + (1 - ema_decay) * value,
+                                              mean),
+                average, raw)
+            return (state, average), loss
+
+        (state, average), losses = jax.lax.scan(step, (state, average), jnp.arange(block_size))
+        num_done = jnp.minimum(first_step + block_size, num_steps)
+        correction = 1 - ema_decay ** num_done.astype(ema_decay.dtype)
+        estimate = svi.constrain_fn(jax.tree.map(lambda mean: mean / correction, average))
+        train_ll = evaluate(estimate, eval_key, X_train_eval, y_train_eval, y_scale)
+        test_ll = evaluate(estimate, eval_key, X_test, y_test, y_scale)
+        return state, average, losses, train_ll, test_ll, estimate
+
+    def members(*args, block_size):
+        # block_size is bound first: vmap would map keyword arguments along axis 0.
+        mapped = jax.vmap(partial(run_block, block_size=block_size),
+                          in_axes=(0, 0, None, None, None, 0) + (None,) * 7)
+        return mapped(*args)
+
+    return OptimProgram(
+        svi=svi,
+        init_state=init_state,
+        run_block=jax.jit(run_block, static_argnames="block_size"),
+        run_block_members=jax.jit(members, static_argnames="block_size"),
+    )
+
+
+def zero_average(raw_params: Any) -> Any:
+    """The starting value of the moving average: host zeros shaped like the raw parameters
+    (a pytree: flow guides hold lists of network weights)."""
+    return jax.tree.map(lambda value: np.zeros(value.shape, value.dtype), raw_params)
+
+
+@dataclass
+class BlockResult:
+    """The outcome of :func:`run_blocks`: the final state and estimate plus the history."""
+
+    state: Any
+    estimate: dict[str, jax.Array]
+    history: dict[str, np.ndarray]
+
+
+def run_blocks(
+    program: OptimProgram,
+    state: Any,
+    options: OptimOptions,
+    data: FitData,
+    *,
+    method: str,
+    eval_key: jax.Array,
+    train_eval: tuple[jax.Array, jax.Array] | None = None,
+    members: bool = False,
+    overall: Callable[[dict[str, jax.Array]], tuple[jax.Array, jax.Array]] | None = None,
+) -> BlockResult:
+    """Run `options.num_steps` steps in equal compiled blocks and record the history.
+
+    Parameters
+    ----------
+    program : OptimProgram
+    state : SVIState
+        From ``program.init_state`` (with a leading member axis if `members`).
+    options : OptimOptions
+    data : FitData
+    method : str
+        Name used in progress lines.
+    eval_key : PRNG key
+        Fixed key for evaluations that sample (SVI), so curves are not noisy.
+    train_eval : (X, y), optional
+        Training rows to evaluate on (default: all of them; a subset for minibatch SVI).
+    members : bool
+        Run ``program.run_block_members`` (an ensemble); losses get a member axis.
+    overall : callable, optional
+        ``estimate -> (train_ll, test_ll)`` replacing the per-block evaluation in the
+        history (the ensemble's predictive log-likelihood instead of each member's).
+
+    Returns
+    -------
+    BlockResult
+        ``history`` holds ``loss`` ((steps,) or (members, steps)), ``eval_step``,
+        ``train_log_likelihood`` and, with held-out data, ``test_log_likelihood`` (per row,
+        original units).
+    """
+    started = time.perf_counter()
+    raw = program.svi.optim.get_params(state.optim_state)
+    average = zero_average(raw)
+    ema_decay = np.asarray(options.ema_decay, dtype=data.X.dtype)
+    X_train_eval, y_train_eval = train_eval if train_eval is not None else (data.X, data.y)
+    X_test, y_test = data.test_or_placeholder()
+    kernel = program.run_block_members if members else program.run_block
+
+    # Blocks of equal size (so one compilation serves them all) covering num_steps with
+    # fewer than `num_blocks` wasted, masked steps at the end.
+    num_blocks = min(options.num_evaluations, options.num_steps)
+    block_size = math.ceil(options.num_steps / num_blocks)
+    num_blocks = math.ceil(options.num_steps / block_size)
+    log_jacobian = data.standardizer.log_jacobian
+
+    losses, eval_steps, train_lls, test_lls = [], [], [], []
+    report_every = max(1, num_blocks // 10)
+    for block in range(num_blocks):
+        first = block * block_size
+        state, average, block_losses, train_ll, test_ll, estimate = kernel(
+            state, average, first, options.num_steps, ema_decay, eval_key, data.X, data.y,
+            data.y_scale, X_train_eval, y_train_eval, X_test, y_test, block_size=block_size,
+        )
+        if overall is not None:
+            train_ll, test_ll = overall(estimate)
+        last = min(first + block_size, options.num_steps)
+        block_losses, train_ll, test_ll = jax.device_get((block_losses, train_ll, test_ll))
+        losses.append(block_losses[..., : last - first])
+        eval_steps.append(last)
+        train_lls.append(train_ll)
+        test_lls.append(test_ll)
+        if options.progress and (block % report_every == 0 or block == num_blocks - 1):
+            report(method, last, options.num_steps, float(np.mean(block_losses[..., -1])),
+                   float(np.mean(train_ll)) + log_jacobian,
+                   float(np.mean(test_ll)) + log_jacobian if data.has_test else None, started)
+
+    history = {"loss": np.concatenate(losses, axis=-1), "eval_step": np.asarray(eval_steps),
+               "train_log_likelihood": np.asarray(train_lls, np.float64) + log_jacobian}
+    if data.has_test:
+        history["test_log_likelihood"] = np.asarray(test_lls, np.float64) + log_jacobian
+    return BlockResult(state=state, estimate=estimate, history=history)
+
+
+def report(method: str, step: int, num_steps: int, loss: float, train_ll: float,
+           test_ll: float | None, started: float) -> None:
+    """One progress line on stderr."""
+    held_out = "" if test_ll is None else f"  test ll {test_ll:8.4f}"
+    print(
+        f"[{method}] step {step:>6d}/{num_steps}  loss {loss:12.4f}  train ll {train_ll:8.4f}"
+        f"{held_out}  ({time.perf_counter() - started:5.1f} s)",
+        file=sys.stderr,
+        flush=True,
+    )
+
+
+def check_finite_fit(loss: np.ndarray, values: Mapping[str, Any]) -> None:
+    """Raise if the estimate is not finite; warn if some steps were skipped as non-finite."""
+    bad_steps = int(np.sum(~np.isfinite(loss)))
+    if not all(np.isfinite(np.asarray(v)).all() for v in values.values()):
+        raise FloatingPointError(
+            "The fit produced non-finite parameters. Lower `learning_rate`, or check the data "
+            "for extreme values."
+        )
+    if bad_steps:
+        warnings.warn(
+            f"{bad_steps} of {loss.size} optimisation steps had a non-finite loss and were "
+            "skipped. Lower `learning_rate` or use a larger `min_scale` in the family.",
+            RuntimeWarning,
+            stacklevel=4,
+        )
+
+
+def partial_model(model_fn: Callable[..., None], subsample_size: int | None):
+    """The model with a fixed minibatch size (None: full batch)."""
+    if subsample_size is None:
+        return model_fn
+    return partial(model_fn, subsample_size=subsample_size)

@@ -1,0 +1,143 @@
+"""Laplace approximation (``method="laplace"``): a Gaussian at the MAP estimate.
+
+The posterior is approximated by ``N(theta_MAP, H^-1)`` with ``H`` the Hessian of the
+negative log joint density at the MAP point: the distribution numpyro's
+AutoLaplaceApproximation builds. It is computed here directly, as Hessian-vector products
+over chunks of directions (bounded memory), so that a Hessian that is not positive
+definite can be reported with its eigenvalues instead of silently collapsing the
+approximation to the MAP point.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from numpyro.infer.util import log_density
+
+from bayes_mdn._validation import check_positive_int
+from bayes_mdn.inference._data import FitData, draws_from_init
+from bayes_mdn.inference._optim import OptimOptions
+from bayes_mdn.model import MDN
+from bayes_mdn.posterior import Posterior
+
+__all__ = ["LaplaceOptions", "fit_laplace"]
+
+#: Above this many weights the dense W x W Hessian is refused (memory and O(W^3) time).
+MAX_PARAMETERS = 20_000
+#: Hessian-vector products evaluated at once.
+HVP_BATCH = 64
+
+
+@dataclass(frozen=True)
+class LaplaceOptions(OptimOptions):
+    """Options of ``method="laplace"``.
+
+    Attributes
+    ----------
+    init : Posterior, optional
+        The MAP fit to expand around. Without one, a MAP fit is run first with the
+        optimisation options below (those of :class:`OptimOptions`).
+    num_draws : int
+        Draws from the Gaussian approximation (the Posterior's S).
+    """
+
+    init: Any = None
+    num_draws: int = 1000
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_positive_int(self.num_draws, "num_draws")
+
+
+@lru_cache(maxsize=8)
+def _laplace_kernel(model: MDN, data_shape: tuple[int, int, int], num_draws: int):
+    _, num_features, num_outputs = data_shape
+    sites = model.sites(num_features, num_outputs)
+    sizes = [math.prod(site.shape) for site in sites]
+    offsets = np.cumsum([0, *sizes])
+
+    def unravel(flat):
+        return {site.name: flat[start:stop].reshape(site.shape)
+                for site, start, stop in zip(sites, offsets[:-1], offsets[1:], strict=True)}
+
+    @jax.jit
+    def kernel(values, key, X, y, y_scale):
+        centre = jnp.concatenate([jnp.ravel(values[site.name]) for site in sites])
+
+        def potential(flat):
+            return -log_density(model.numpyro_model, (X, y), {"y_scale": y_scale},
+                                unravel(flat))[0]
+
+        gradient = jax.grad(potential)
+
+        def hvp(direction):
+            return jax.jvp(gradient, (centre,), (direction,))[1]
+
+        basis = jnp.eye(centre.shape[0], dtype=centre.dtype)
+        precision = jax.lax.map(hvp, basis, batch_size=HVP_BATCH)
+        precision = 0.5 * (precision + precision.T)
+        eigenvalues = jnp.linalg.eigvalsh(precision)
+        # precision = L L^T, so z = centre + L^-T eps has covariance precision^-1.
+        cholesky = jnp.linalg.cholesky(precision)
+        noise = jax.random.normal(key, (num_draws, centre.shape[0]), centre.dtype)
+        offsets_z = jax.scipy.linalg.solve_triangular(cholesky, noise.T, lower=True,
+                                                      trans="T").T
+        draws = jax.vmap(unravel)(centre + offsets_z)
+        return eigenvalues, jnp.linalg.norm(gradient(centre)), draws
+
+    return kernel
+
+
+def fit_laplace(model: MDN, data: FitData, key: jax.Array, options: LaplaceOptions
+                ) -> Posterior:
+    from bayes_mdn.inference.map import MapOptions, fit_map
+
+    started = time.perf_counter()
+    num_weights = model.num_parameters(data.shape[1], data.shape[2])
+    if num_weights > MAX_PARAMETERS:
+        raise ValueError(
+            f"method='laplace' builds a dense {num_weights} x {num_weights} Hessian; above "
+            f"{MAX_PARAMETERS} weights use method='svi' with guide='lowrank' instead."
+        )
+    map_key, draw_key = jax.random.split(key)
+    if options.init is None:
+        map_fields = {name: getattr(options, name) for name in MapOptions.__dataclass_fields__}
+        map_fit = fit_map(model, data, map_key, MapOptions(**map_fields))
+    else:
+        map_fit = options.init
+    init_draws = draws_from_init(map_fit, model, data)
+    if next(iter(init_draws.values())).shape[0] != 1:
+        raise ValueError("`init` for method='laplace' must be a single-draw fit such as "
+                         f"method='map'; got a {map_fit.method!r} fit.")
+    centre = {name: value[0] for name, value in init_draws.items()}
+    kernel = _laplace_kernel(model, data.shape, options.num_draws)
+    eigenvalues, gradient_norm, draws = jax.device_get(
+        kernel(centre, draw_key, data.X, data.y, data.y_scale))
+    smallest = float(eigenvalues[0])
+    if not np.isfinite(eigenvalues).all() or smallest <= 0:
+        num_bad = int(np.sum(~(eigenvalues > 0)))
+        raise ValueError(
+            f"The Hessian of the negative log posterior at the MAP point is not positive "
+            f"definite ({num_bad} of {eigenvalues.size} eigenvalues <= 0, smallest "
+            f"{smallest:.3g}; gradient norm {float(gradient_norm):.3g}), so the MAP point is "
+            "not a strict local maximum and the Laplace approximation does not exist there. "
+            "Run MAP longer (more `num_steps`, or `ema_decay=0`) so that it converges, use a "
+            "tighter prior, or use method='svi' (guide='lowrank' or 'mvn'), which needs no "
+            "Hessian."
+        )
+    history = dict(map_fit.history)
+    info = {"fit_seconds": time.perf_counter() - started, "num_rows": data.num_rows,
+            "hessian_min_eigenvalue": smallest,
+            "hessian_max_eigenvalue": float(eigenvalues[-1]),
+            "map_gradient_norm": float(gradient_norm),
+            "map_fit_seconds": map_fit.info.get("fit_seconds")}
+    return Posterior(model=model, method="laplace",
+                     draws={name: value[None] for name, value in draws.items()},
+                     standardizer=data.standardizer, history=history, info=info)
