@@ -190,9 +190,12 @@ class MDN:
         key : PRNG key
             E.g. ``jax.random.key(0)``. The same key gives bit-identical results.
         method : str
-            ``"map"`` (AutoDelta + Adam). See :func:`bayes_mdn.inference.fit` for options.
+            ``"map"`` (AutoDelta + Adam), ``"ensemble"`` (E vmapped MAP fits), ``"svi"``
+            (``guide=`` "normal", "lowrank", "mvn" or "flow"), ``"laplace"`` (Gaussian at
+            the MAP point) or ``"nuts"`` (multi-chain NUTS). See :mod:`bayes_mdn.inference`.
         **options
-            Method options such as ``num_steps``, ``learning_rate``, ``X_test``/``y_test``.
+            Method options such as ``num_steps``, ``learning_rate``, ``init`` (a fitted
+            Posterior to start from), ``num_chains``, ``X_test``/``y_test``.
 
         Returns
         -------

@@ -162,3 +162,11 @@ def test_bad_options_fail_before_fitting(data, model, map_fit, ensemble_fit):
         other.fit(X, y, key=jax.random.key(0), method="nuts", init=map_fit)
     with pytest.raises(ValueError, match="single-draw"):
         model.fit(X, y, key=jax.random.key(0), method="svi", init=ensemble_fit)
+
+
+def test_integrating_methods_refuse_a_flat_prior(data):
+    X, y, _, _ = data
+    flat = bm.MDN(num_components=2, hidden_sizes=(3,), prior=bm.priors.Flat())
+    for method in ("svi", "laplace", "nuts"):
+        with pytest.raises(ValueError, match="needs a proper prior"):
+            flat.fit(X, y, key=jax.random.key(0), method=method)

@@ -22,6 +22,7 @@ from collections.abc import Callable
 from typing import Any
 
 import jax
+import numpyro.distributions as dist
 
 from bayes_mdn._validation import check_choice, check_key
 from bayes_mdn.inference._data import FitData, prepare_data
@@ -83,4 +84,23 @@ def fit(model: MDN, X: Any, y: Any, *, key: jax.Array, method: str = "map",
         )
     method_options = options_type(**options)
     data = prepare_data(model, X, y, X_test, y_test)
+    if method not in POINT_ESTIMATES:
+        _require_proper_prior(model, data, method)
     return fit_method(model, data, key, method_options)
+
+
+#: Methods that only need the mode of the posterior, so an improper (flat) prior is fine.
+POINT_ESTIMATES = ("map", "ensemble")
+
+
+def _require_proper_prior(model: MDN, data: FitData, method: str) -> None:
+    _, num_features, num_outputs = data.shape
+    improper = [site.name for site in model.sites(num_features, num_outputs)
+                if isinstance(model.prior.for_site(site).distribution(site),
+                           dist.ImproperUniform)]
+    if improper:
+        raise ValueError(
+            f"method={method!r} integrates over the posterior and needs a proper prior, but "
+            f"sites {improper} have a flat prior. Use e.g. bayes_mdn.priors.FanInNormal() for "
+            "them, or method='map' for maximum likelihood."
+        )

@@ -1,0 +1,184 @@
+"""Every inference method on the seed problem, against the exact conditional density.
+
+For each training-set size (200 and 4000 points; 20 000 test points) the script fits MAP, a
+deep ensemble, SVI (mean-field, low-rank, flow; started from the MAP fit), Laplace (around
+the MAP fit) and NUTS (one chain per ensemble member), and reports per method:
+
+* test log-likelihood per point (original units) and its gap to the exact density's
+  (``inverse_sine_log_prob`` on the same test points: the best any method can do);
+* coverage of the central 90 % predictive interval on the test points;
+* fit seconds, and the seconds of a minimal hand-written NumPyro version of the same
+  inference (``_handwritten.py``) run in the same process: the overhead ratio. MAP, ensemble
+  and SVI are timed warm (second call, compiled programs reused: the steady state); Laplace
+  and NUTS cold (both sides trace and compile once per call).
+
+    python benchmarks/inference_seed.py [--sizes 200 4000] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import _handwritten as hw
+import jax
+import numpy as np
+from _common import write_results
+
+import bayes_mdn as bm
+from bayes_mdn.priors import FanInNormal
+
+NUM_TEST = 20_000
+#: Predictive draws used to score each fit (log-likelihood, coverage): bounded cost.
+SCORE_DRAWS = 400
+COVERAGE_DRAWS = 100
+
+# Per size: model, prior scales for the hand-written twin, and method settings. Small data
+# want a small network (fewer weights to pin down) and long MCMC; large data the seed's
+# K = 20 network with the demo's priors.
+SETTINGS = {
+    200: dict(K=5, hidden=(20,), prior_scale=1.0, scale_head_prior=None,
+              map_steps=3000, members=8, svi_steps=3000,
+              nuts=dict(num_warmup=500, num_samples=500, max_tree_depth=8)),
+    4000: dict(K=20, hidden=(15, 15), prior_scale=2.0, scale_head_prior=0.5,
+               map_steps=2000, members=8, svi_steps=2000,
+               nuts=dict(num_warmup=100, num_samples=100, max_tree_depth=6)),
+}
+
+
+def prior_of(setting):
+    if setting["scale_head_prior"] is None:
+        return FanInNormal(setting["prior_scale"])
+    return {"default": FanInNormal(setting["prior_scale"]),
+            "scale": FanInNormal(setting["scale_head_prior"])}
+
+
+def score(posterior, X_test, y_test):
+    total = posterior.num_chains * posterior.num_draws
+    predictive = posterior.predictive(X_test, num_draws=min(SCORE_DRAWS, total))
+    test_ll = float(np.mean(predictive.log_prob(y_test)))
+    coarse = posterior.predictive(X_test, num_draws=min(COVERAGE_DRAWS, total))
+    low, high = coarse.quantiles([0.05, 0.95])[:, :, 0]
+    coverage = float(np.mean((y_test[:, 0] >= low) & (y_test[:, 0] <= high)))
+    return test_ll, coverage
+
+
+def clock(function):
+    started = time.perf_counter()
+    result = jax.block_until_ready(function())
+    return result, time.perf_counter() - started
+
+
+def run_size(num_train: int, quick: bool) -> list[dict]:
+    setting = dict(SETTINGS[num_train])
+    nuts_options = dict(setting["nuts"])
+    if quick:
+        setting.update(map_steps=300, svi_steps=300, members=4)
+        nuts_options.update(num_warmup=30, num_samples=30, max_tree_depth=4)
+    total = num_train + NUM_TEST
+    X, y, X_test, y_test = bm.datasets.inverse_sine(jax.random.key(0), num_samples=total,
+                                                    train_fraction=num_train / total)
+    optimal = float(np.mean(bm.datasets.inverse_sine_log_prob(X_test, y_test)))
+    model = bm.MDN(num_components=setting["K"], hidden_sizes=setting["hidden"],
+                   prior=prior_of(setting))
+    twin = hw.make_model(setting["K"], setting["hidden"], setting["prior_scale"],
+                         setting["scale_head_prior"])
+    X_s, y_s = hw.standardise(X, y)
+    rows = []
+
+    def record(method, posterior, seconds, baseline_seconds, timing):
+        test_ll, coverage = score(posterior, X_test, y_test)
+        rows.append({"n_train": num_train, "method": method, "test_ll": test_ll,
+                     "gap_to_exact": optimal - test_ll, "coverage_90": coverage,
+                     "fit_s": seconds, "baseline_s": baseline_seconds,
+                     "overhead_ratio": seconds / baseline_seconds, "timing": timing})
+        print(rows[-1], flush=True)
+
+    # MAP: warm timings (a second key reuses the compiled programs on both sides).
+    map_options = dict(num_steps=setting["map_steps"], ema_decay=0.995)
+    map_fit = model.fit(X, y, key=jax.random.key(1), **map_options)
+    _, map_s = clock(lambda: model.fit(X, y, key=jax.random.key(2), **map_options
+                                       ).draws["loc.bias"])
+    start = {name: value[0, 0] for name, value in map_fit.draws.items()}
+    base_map = hw.make_map(twin, X_s, y_s, setting["map_steps"])
+    base_map(start)
+    _, map_base = clock(lambda: base_map(start))
+    record("map", map_fit, map_s, map_base, "warm")
+
+    ensemble_options = dict(num_members=setting["members"], num_steps=setting["map_steps"],
+                            ema_decay=0.995)
+    ensemble = model.fit(X, y, key=jax.random.key(3), method="ensemble", **ensemble_options)
+    _, ensemble_s = clock(lambda: model.fit(X, y, key=jax.random.key(4), method="ensemble",
+                                            **ensemble_options).draws["loc.bias"])
+    starts = {name: value[0] for name, value in ensemble.draws.items()}
+    base_ensemble = hw.make_ensemble(twin, X_s, y_s, setting["map_steps"])
+    base_ensemble(starts)
+    _, ensemble_base = clock(lambda: base_ensemble(starts))
+    record(f"ensemble ({setting['members']})", ensemble, ensemble_s, ensemble_base, "warm")
+
+    for guide in ("normal", "lowrank", "flow"):
+        svi_options = dict(method="svi", guide=guide, init=map_fit,
+                           num_steps=setting["svi_steps"], num_draws=SCORE_DRAWS)
+        fitted = model.fit(X, y, key=jax.random.key(5), **svi_options)
+        _, svi_s = clock(lambda o=svi_options: model.fit(X, y, key=jax.random.key(6), **o
+                                                         ).draws["loc.bias"])
+        if guide == "flow":  # numpyro has no flow guide centred on a point: no twin
+            record(f"svi-{guide}", fitted, svi_s, float("nan"), "warm")
+            continue
+        base_svi = hw.make_svi(twin, X_s, y_s, guide, setting["svi_steps"], SCORE_DRAWS)
+        base_svi(start, jax.random.key(5))
+        _, svi_base = clock(lambda b=base_svi: b(start, jax.random.key(6)))
+        record(f"svi-{guide}", fitted, svi_s, svi_base, "warm")
+
+    try:
+        laplace, laplace_s = clock(lambda: model.fit(X, y, key=jax.random.key(7),
+                                                     method="laplace", init=map_fit,
+                                                     num_draws=SCORE_DRAWS))
+        _, laplace_base = clock(lambda: hw.laplace_fit(twin, X_s, y_s, start,
+                                                       jax.random.key(7), SCORE_DRAWS))
+        record("laplace", laplace, laplace_s, laplace_base, "cold")
+    except ValueError as error:  # a Hessian that is not positive definite: reported
+        print(f"laplace failed: {error}", flush=True)
+        rows.append({"n_train": num_train, "method": "laplace", "test_ll": float("nan"),
+                     "gap_to_exact": float("nan"), "coverage_90": float("nan"),
+                     "fit_s": float("nan"), "baseline_s": float("nan"),
+                     "overhead_ratio": float("nan"), "timing": "Hessian not PD"})
+
+    chains = setting["members"]
+    nuts, nuts_s = clock(lambda: model.fit(X, y, key=jax.random.key(8), method="nuts",
+                                           init=ensemble, num_chains=chains, **nuts_options))
+    _, nuts_base = clock(lambda: hw.nuts_fit(twin, X_s, y_s, starts, jax.random.key(8),
+                                             num_chains=chains, **nuts_options))
+    record(f"nuts ({chains} chains)", nuts, nuts_s, nuts_base, "cold")
+    print(f"n={num_train}: divergences {nuts.summary()['num_divergent']}, "
+          f"max-depth fraction {nuts.info['fraction_max_tree_depth']:.2f}", flush=True)
+    for row in rows:
+        row["exact_ll"] = optimal
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--sizes", type=int, nargs="+", default=[200, 4000])
+    parser.add_argument("--quick", action="store_true", help="tiny budgets, for a smoke run")
+    args = parser.parse_args()
+    rows = [row for size in args.sizes for row in run_size(size, args.quick)]
+    summary = {}
+    for size in args.sizes:
+        by_method = {r["method"]: r["test_ll"] for r in rows if r["n_train"] == size}
+        nuts = next(v for k, v in by_method.items() if k.startswith("nuts"))
+        vi = max(v for k, v in by_method.items() if k.startswith("svi"))
+        summary[str(size)] = {"map": by_method["map"], "nuts": nuts, "best_vi": vi,
+                              "best": max(v for v in by_method.values() if np.isfinite(v)),
+                              "nuts_minus_map": nuts - by_method["map"],
+                              "best_vi_minus_map": vi - by_method["map"],
+                              "worst_minus_map": min(v for v in by_method.values()
+                                                     if np.isfinite(v)) - by_method["map"]}
+    name = "inference_seed_quick" if args.quick else "inference_seed"
+    write_results(name, {"settings": {str(k): v for k, v in SETTINGS.items()},
+                         "summary": summary}, rows)
+    print(summary)
+
+
+if __name__ == "__main__":
+    main()
