@@ -155,8 +155,9 @@ class Posterior:
             Use this many draws in all (evenly spaced over the C * S available) for a faster,
             coarser predictive; default all of them.
         max_elements : int
-            Memory budget: the number of (input, draw, component, ...) terms evaluated at
-            once. Lower it if predictions run out of memory.
+            Memory budget: the size of the largest intermediate array of a query, in
+            (input, draw, component, output, level or grid point) terms. Inputs, and draws
+            when needed, are chunked to respect it; lower it if predictions run out of memory.
 
         Returns
         -------

@@ -93,8 +93,13 @@ def test_laplace_around_map_and_a_bad_hessian(data, model, map_fit):
     assert_finite_predictive(posterior, X_test, y_test)
     # 40 steps, one block of 40 like map_fit's blocks: no new compilation.
     barely_fitted = model.fit(X, y, key=jax.random.key(4), num_steps=40, num_evaluations=1)
-    with pytest.raises(ValueError, match=r"not positive definite.*method=.svi."):
+    with pytest.raises(ValueError, match=r"not positive definite.*hessian='fisher'"):
         model.fit(X, y, key=jax.random.key(4), method="laplace", init=barely_fitted)
+    # The empirical Fisher is positive definite anywhere.
+    fisher = model.fit(X, y, key=jax.random.key(4), method="laplace", init=barely_fitted,
+                       hessian="fisher", num_draws=32)
+    assert fisher.info["hessian_min_eigenvalue"] > 0
+    assert_finite_predictive(fisher, X_test, y_test)
 
 
 def test_nuts_keeps_sampler_statistics_and_starts_from_ensemble(data, nuts_fit):

@@ -9,7 +9,23 @@ from conftest import exact_posterior
 from scipy import stats
 from scipy.special import logsumexp
 
+import bayes_mdn as bm
+from bayes_mdn.scaling import Standardizer
+
 X = np.linspace(-1, 1, 7)[:, None]
+
+
+def random_posterior(num_draws: int, num_components: int, *, num_outputs: int = 1,
+                     hidden_sizes: tuple[int, ...] = (4,), seed: int = 0) -> bm.Posterior:
+    """Random weights, so every draw and every input has its own mixture; y is standardised
+    with a non-trivial shift and scale, so results are checked in original units."""
+    rng = np.random.default_rng(seed)
+    model = bm.MDN(num_components=num_components, hidden_sizes=hidden_sizes)
+    draws = {site.name: (0.8 * rng.normal(size=(1, num_draws, *site.shape))).astype(np.float32)
+             for site in model.sites(2, num_outputs)}
+    standardizer = Standardizer(np.zeros(2), np.ones(2), np.full(num_outputs, 1.5),
+                                np.full(num_outputs, 2.0))
+    return bm.Posterior(model=model, method="svi", draws=draws, standardizer=standardizer)
 
 
 def reference(logits, locs, scales):
@@ -175,3 +191,25 @@ def test_variance_decomposition(two_draw_posterior, bimodal_posterior):
     aleatoric, epistemic = bimodal_posterior.predictive(X).variance_decomposition()
     np.testing.assert_allclose(epistemic, 0.0, atol=1e-6)
     np.testing.assert_allclose(aleatoric, bimodal_posterior.predictive(X).variance(), rtol=1e-6)
+
+
+@pytest.mark.parametrize("max_elements", [2**22, 8])
+def test_variance_decomposition_identity_with_many_draws(max_elements):
+    # Random weights: every draw and input differ; D = 2; 8 terms splits the 9 draws.
+    posterior = random_posterior(9, 3, num_outputs=2, hidden_sizes=(3,))
+    pred = posterior.predictive(np.random.default_rng(2).normal(size=(6, 2)),
+                                max_elements=max_elements)
+    aleatoric, epistemic = pred.variance_decomposition()
+    assert aleatoric.shape == epistemic.shape == (6, 2)
+    assert np.all(aleatoric > 0) and np.all(epistemic >= 0)
+    np.testing.assert_allclose(aleatoric + epistemic, pred.variance(), rtol=1e-5)
+    # Closed form from the flattened mixture: per-draw means and variances, then the law of
+    # total variance over draws.
+    log_w, params = pred.mixture_parameters()  # (M, S*K), (M, S*K, D)
+    w = np.exp(log_w).reshape(6, 9, 3, 1) * 9  # weights within each draw
+    loc, scale = (params[name].reshape(6, 9, 3, 2).astype(np.float64) for name in
+                  ("loc", "scale"))
+    draw_mean = np.sum(w * loc, axis=2)
+    draw_var = np.sum(w * (scale**2 + (loc - draw_mean[:, :, None]) ** 2), axis=2)
+    np.testing.assert_allclose(aleatoric, draw_var.mean(axis=1), rtol=1e-4)
+    np.testing.assert_allclose(epistemic, draw_mean.var(axis=1), rtol=1e-4, atol=1e-6)

@@ -122,7 +122,8 @@ def _init_networks(keys, layout, head_bias, dtype):
     return jax.vmap(lambda key: network.init_params(key, layout, head_bias, dtype=dtype))(keys)
 
 
-def _point_log_prob(model: MDN, params, X_std, y_std, y_scale) -> jax.Array:
+def point_log_prob(model: MDN, params, X_std, y_std, y_scale) -> jax.Array:
+    """Per-row log-likelihood (N,) of one parameter value, in standardised units."""
     log_weights, component_params = model.mixture(params, X_std, y_scale)
     mixture = dist.MixtureSameFamily(
         dist.Categorical(logits=log_weights), model.family.distribution(component_params)
@@ -133,7 +134,7 @@ def _point_log_prob(model: MDN, params, X_std, y_std, y_scale) -> jax.Array:
 def mean_log_likelihood(model: MDN, params, X_std, y_std, y_scale) -> jax.Array:
     """Mean log-likelihood per row of one parameter value, in *standardised* units (add the
     standardizer's log-Jacobian for original units)."""
-    return jnp.mean(_point_log_prob(model, params, X_std, y_std, y_scale))
+    return jnp.mean(point_log_prob(model, params, X_std, y_std, y_scale))
 
 
 def predictive_log_likelihood(model: MDN, draws, X_std, y_std, y_scale) -> jax.Array:
@@ -149,7 +150,7 @@ def predictive_log_likelihood(model: MDN, draws, X_std, y_std, y_scale) -> jax.A
     Array, scalar
         ``mean_n log (1/S) sum_s p(y_n | x_n, theta_s)`` in standardised units.
     """
-    per_draw = jax.vmap(lambda params: _point_log_prob(model, params, X_std, y_std, y_scale)
+    per_draw = jax.vmap(lambda params: point_log_prob(model, params, X_std, y_std, y_scale)
                         )(draws)  # (S, N)
     num_draws = per_draw.shape[0]
     return jnp.mean(logsumexp(per_draw, axis=0) - jnp.log(num_draws))

@@ -5,7 +5,8 @@ negative log joint density at the MAP point: the distribution numpyro's
 AutoLaplaceApproximation builds. It is computed here directly, as Hessian-vector products
 over chunks of directions (bounded memory), so that a Hessian that is not positive
 definite can be reported with its eigenvalues instead of silently collapsing the
-approximation to the MAP point.
+approximation to the MAP point. ``hessian="fisher"`` swaps the likelihood's Hessian for its
+empirical Fisher information, positive definite by construction.
 """
 
 from __future__ import annotations
@@ -21,8 +22,8 @@ import jax.numpy as jnp
 import numpy as np
 from numpyro.infer.util import log_density
 
-from bayes_mdn._validation import check_positive_int
-from bayes_mdn.inference._data import FitData, draws_from_init
+from bayes_mdn._validation import check_choice, check_positive_int
+from bayes_mdn.inference._data import FitData, draws_from_init, point_log_prob
 from bayes_mdn.inference._optim import OptimOptions
 from bayes_mdn.model import MDN
 from bayes_mdn.posterior import Posterior
@@ -33,6 +34,7 @@ __all__ = ["LaplaceOptions", "fit_laplace"]
 MAX_PARAMETERS = 20_000
 #: Hessian-vector products evaluated at once.
 HVP_BATCH = 64
+HESSIANS = ("exact", "fisher")
 
 
 @dataclass(frozen=True)
@@ -46,18 +48,27 @@ class LaplaceOptions(OptimOptions):
         optimisation options below (those of :class:`OptimOptions`).
     num_draws : int
         Draws from the Gaussian approximation (the Posterior's S).
+    hessian : str
+        ``"exact"``: the Hessian of the negative log joint (AutoLaplaceApproximation's
+        choice; needs a converged MAP point). ``"fisher"``: the prior's Hessian plus the
+        empirical Fisher information ``sum_n g_n g_n^T`` of the per-row log-likelihood
+        gradients, positive definite by construction, the usual choice for neural networks
+        when the exact Hessian is not (Daxberger et al., 2021, "Laplace Redux").
     """
 
     init: Any = None
     num_draws: int = 1000
+    hessian: str = "exact"
 
     def __post_init__(self) -> None:
         super().__post_init__()
         check_positive_int(self.num_draws, "num_draws")
+        object.__setattr__(self, "hessian", check_choice(self.hessian, "hessian", HESSIANS))
 
 
 @lru_cache(maxsize=8)
-def _laplace_kernel(model: MDN, data_shape: tuple[int, int, int], num_draws: int):
+def _laplace_kernel(model: MDN, data_shape: tuple[int, int, int], num_draws: int,
+                    hessian: str):
     _, num_features, num_outputs = data_shape
     sites = model.sites(num_features, num_outputs)
     sizes = [math.prod(site.shape) for site in sites]
@@ -75,13 +86,27 @@ def _laplace_kernel(model: MDN, data_shape: tuple[int, int, int], num_draws: int
             return -log_density(model.numpyro_model, (X, y), {"y_scale": y_scale},
                                 unravel(flat))[0]
 
+        def prior_potential(flat):
+            params = unravel(flat)
+            return -sum(jnp.sum(model.prior.for_site(site).distribution(site).log_prob(
+                params[site.name])) for site in sites)
+
         gradient = jax.grad(potential)
+        curved = potential if hessian == "exact" else prior_potential
 
         def hvp(direction):
-            return jax.jvp(gradient, (centre,), (direction,))[1]
+            return jax.jvp(jax.grad(curved), (centre,), (direction,))[1]
 
         basis = jnp.eye(centre.shape[0], dtype=centre.dtype)
         precision = jax.lax.map(hvp, basis, batch_size=HVP_BATCH)
+        if hessian == "fisher":
+            def row_log_likelihood(flat, x_row, y_row):
+                return point_log_prob(model, unravel(flat), x_row[None], y_row[None],
+                                      y_scale)[0]
+
+            per_row = jax.vmap(jax.grad(row_log_likelihood), in_axes=(None, 0, 0))(
+                centre, X, y)  # (N, W)
+            precision = precision + per_row.T @ per_row
         precision = 0.5 * (precision + precision.T)
         eigenvalues = jnp.linalg.eigvalsh(precision)
         # precision = L L^T, so z = centre + L^-T eps has covariance precision^-1.
@@ -117,7 +142,7 @@ def fit_laplace(model: MDN, data: FitData, key: jax.Array, options: LaplaceOptio
         raise ValueError("`init` for method='laplace' must be a single-draw fit such as "
                          f"method='map'; got a {map_fit.method!r} fit.")
     centre = {name: value[0] for name, value in init_draws.items()}
-    kernel = _laplace_kernel(model, data.shape, options.num_draws)
+    kernel = _laplace_kernel(model, data.shape, options.num_draws, options.hessian)
     eigenvalues, gradient_norm, draws = jax.device_get(
         kernel(centre, draw_key, data.X, data.y, data.y_scale))
     smallest = float(eigenvalues[0])
@@ -128,12 +153,13 @@ def fit_laplace(model: MDN, data: FitData, key: jax.Array, options: LaplaceOptio
             f"definite ({num_bad} of {eigenvalues.size} eigenvalues <= 0, smallest "
             f"{smallest:.3g}; gradient norm {float(gradient_norm):.3g}), so the MAP point is "
             "not a strict local maximum and the Laplace approximation does not exist there. "
-            "Run MAP longer (more `num_steps`, or `ema_decay=0`) so that it converges, use a "
-            "tighter prior, or use method='svi' (guide='lowrank' or 'mvn'), which needs no "
-            "Hessian."
+            "Use hessian='fisher' (positive definite by construction), run MAP longer "
+            "(more `num_steps`, lr_schedule='cosine', ema_decay=0) so that it converges, or "
+            "use method='svi' (guide='lowrank' or 'mvn'), which needs no Hessian."
         )
     history = dict(map_fit.history)
     info = {"fit_seconds": time.perf_counter() - started, "num_rows": data.num_rows,
+            "hessian": options.hessian,
             "hessian_min_eigenvalue": smallest,
             "hessian_max_eigenvalue": float(eigenvalues[-1]),
             "map_gradient_norm": float(gradient_norm),

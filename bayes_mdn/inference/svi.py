@@ -111,9 +111,7 @@ class AffineIAFGuide(AutoContinuous):
                 flows.append(PermuteTransform(jnp.arange(size)[::-1]))
             network = AutoregressiveNN(size, hidden, permutation=jnp.arange(size))
             module = numpyro.module(f"{self.prefix}_arn__{index}", network, (size,))
-            # The log-scale clip keeps freshly initialised flows from stretching the noise
-            # by up to e^3: the affine map below owns the overall scale.
-            flows.append(InverseAutoregressiveTransform(module, log_scale_max_clip=1.0))
+            flows.append(InverseAutoregressiveTransform(module))
         loc = numpyro.param(f"{self.prefix}_loc", self._init_latent)
         scale = numpyro.param(f"{self.prefix}_scale", jnp.full(size, self._init_scale),
                               constraint=self.scale_constraint)
