@@ -47,6 +47,9 @@ class Posterior:
     history : mapping of str to numpy.ndarray
         Optimisation traces, e.g. ``loss`` (per step), ``eval_step`` with
         ``train_log_likelihood`` and ``test_log_likelihood`` (per point, original units).
+        NUTS and Laplace record the final posterior-predictive ``train_log_likelihood``
+        (and ``test_log_likelihood`` with held-out data) as one-entry arrays; Laplace keeps
+        its MAP stage's traces as ``map_*``.
     info : mapping of str to Any
         JSON-serialisable facts: ``fit_seconds``, options used, library versions.
     sample_stats : mapping of str to numpy.ndarray

@@ -35,9 +35,10 @@ def ensemble_fit(data, model):
 
 @pytest.fixture(scope="module")
 def nuts_fit(data, model, ensemble_fit):
-    X, y, _, _ = data
+    X, y, X_test, y_test = data
     return model.fit(X, y, key=jax.random.key(7), method="nuts", init=ensemble_fit,
-                     num_chains=2, num_warmup=30, num_samples=20, max_tree_depth=4)
+                     num_chains=2, num_warmup=30, num_samples=20, max_tree_depth=4,
+                     X_test=X_test, y_test=y_test)
 
 
 def assert_finite_predictive(posterior, X_test, y_test):
@@ -89,7 +90,8 @@ def test_laplace_around_map_and_a_bad_hessian(data, model, map_fit):
     posterior = model.fit(X, y, key=jax.random.key(4), method="laplace", init=map_fit,
                           num_draws=32)
     assert posterior.info["hessian_min_eigenvalue"] > 0
-    assert "train_log_likelihood" in posterior.history  # the MAP stage's record
+    assert "map_train_log_likelihood" in posterior.history  # the MAP stage's record
+    assert posterior.history["train_log_likelihood"].shape == (1,)  # the Laplace fit's
     assert_finite_predictive(posterior, X_test, y_test)
     # 40 steps, one block of 40 like map_fit's blocks: no new compilation.
     barely_fitted = model.fit(X, y, key=jax.random.key(4), num_steps=40, num_evaluations=1)
@@ -116,6 +118,9 @@ def test_nuts_keeps_sampler_statistics_and_starts_from_ensemble(data, nuts_fit):
     assert posterior.info["chain_method"] == "vectorized"
     summary = posterior.summary()
     assert summary["num_divergent"] == int(stats["diverging"].sum())
+    # Held-out data are scored with the posterior predictive, as the predictive would.
+    expected = posterior.predictive(X_test).log_prob(y_test).mean()
+    np.testing.assert_allclose(summary["test_log_likelihood"], expected, atol=1e-4)
     assert_finite_predictive(posterior, X_test, y_test)
 
 

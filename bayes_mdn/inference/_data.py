@@ -185,3 +185,34 @@ def draws_from_init(init: Any, model: MDN, data: FitData) -> dict[str, jax.Array
             f"outputs; these data have {num_features} and {num_outputs}."
         )
     return {name: jnp.asarray(value, data.X.dtype) for name, value in init.flat_draws().items()}
+
+
+#: Draws used to score a sampled posterior on the training (and held-out) data at the end of
+#: a fit: bounded cost, and ample for a mean log-likelihood.
+MAX_SCORE_DRAWS = 256
+
+
+@partial(jax.jit, static_argnames="model")
+def _score(model, draws, X_std, y_std, y_scale):
+    return predictive_log_likelihood(model, draws, X_std, y_std, y_scale)
+
+
+def final_scores(model: MDN, data: FitData, draws: dict[str, jax.Array]) -> dict[str, np.ndarray]:
+    """Posterior-predictive log-likelihood per row (original units) on the training data and,
+    if given, the held-out data, as one-entry history arrays.
+
+    Parameters
+    ----------
+    draws : dict of str to Array
+        Each site (C, S, ...); at most ``MAX_SCORE_DRAWS`` evenly spaced draws are used.
+    """
+    flat = {name: value.reshape(-1, *value.shape[2:]) for name, value in draws.items()}
+    total = next(iter(flat.values())).shape[0]
+    index = np.linspace(0, total - 1, min(total, MAX_SCORE_DRAWS)).round().astype(int)
+    flat = {name: value[index] for name, value in flat.items()}
+    log_jacobian = data.standardizer.log_jacobian
+    scores = {"train_log_likelihood": float(_score(model, flat, data.X, data.y, data.y_scale))}
+    if data.has_test:
+        scores["test_log_likelihood"] = float(_score(model, flat, data.X_test, data.y_test,
+                                                     data.y_scale))
+    return {name: np.asarray([value + log_jacobian]) for name, value in scores.items()}

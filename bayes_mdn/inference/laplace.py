@@ -23,7 +23,7 @@ import numpy as np
 from numpyro.infer.util import log_density
 
 from bayes_mdn._validation import check_choice, check_positive_int
-from bayes_mdn.inference._data import FitData, draws_from_init, point_log_prob
+from bayes_mdn.inference._data import FitData, draws_from_init, final_scores, point_log_prob
 from bayes_mdn.inference._optim import OptimOptions
 from bayes_mdn.model import MDN
 from bayes_mdn.posterior import Posterior
@@ -157,13 +157,16 @@ def fit_laplace(model: MDN, data: FitData, key: jax.Array, options: LaplaceOptio
             "(more `num_steps`, lr_schedule='cosine', ema_decay=0) so that it converges, or "
             "use method='svi' (guide='lowrank' or 'mvn'), which needs no Hessian."
         )
-    history = dict(map_fit.history)
+    # The MAP stage's curves are kept under "map_*"; the unprefixed entries score the
+    # Laplace posterior itself.
+    history = {f"map_{name}": value for name, value in map_fit.history.items()}
+    laplace_draws = {name: value[None] for name, value in draws.items()}
+    history.update(final_scores(model, data, laplace_draws))
     info = {"fit_seconds": time.perf_counter() - started, "num_rows": data.num_rows,
             "hessian": options.hessian,
             "hessian_min_eigenvalue": smallest,
             "hessian_max_eigenvalue": float(eigenvalues[-1]),
             "map_gradient_norm": float(gradient_norm),
             "map_fit_seconds": map_fit.info.get("fit_seconds")}
-    return Posterior(model=model, method="laplace",
-                     draws={name: value[None] for name, value in draws.items()},
+    return Posterior(model=model, method="laplace", draws=laplace_draws,
                      standardizer=data.standardizer, history=history, info=info)

@@ -20,7 +20,7 @@ import numpy as np
 from numpyro.infer import MCMC, NUTS
 
 from bayes_mdn._validation import check_choice, check_positive_float, check_positive_int
-from bayes_mdn.inference._data import FitData, draws_from_init, initial_params
+from bayes_mdn.inference._data import FitData, draws_from_init, final_scores, initial_params
 from bayes_mdn.model import MDN
 from bayes_mdn.posterior import Posterior
 
@@ -162,4 +162,4 @@ def fit_nuts(model: MDN, data: FitData, key: jax.Array, options: NutsOptions) ->
         "init": None if options.init is None else options.init.method,
     }
     return Posterior(model=model, method="nuts", draws=draws, standardizer=data.standardizer,
-                     sample_stats=stats, info=info)
+                     history=final_scores(model, data, draws), sample_stats=stats, info=info)
