@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import lru_cache, partial
 from typing import Any
 
 import jax
@@ -77,9 +77,10 @@ class AffineIAFGuide(AutoContinuous):
 
     ``f`` is `num_flows` inverse autoregressive flows (with a reversing permutation between
     them). Putting the learnable diagonal affine map *after* the flows, with ``loc`` at the
-    starting point and ``scale`` at `init_scale`, starts the guide as a narrow distribution
-    around a good network, which numpyro's AutoIAFNormal (standard-normal scale around
-    zero) does not allow.
+    starting point and ``scale`` at `init_scale`, and starting every flow as the identity
+    (zero output layer, set by ``fit``), starts the guide as a narrow Gaussian around a good
+    network, which numpyro's AutoIAFNormal (standard-normal scale around zero) does not
+    allow.
 
     Parameters
     ----------
@@ -221,14 +222,33 @@ def _svi_kernels(model: MDN, data_shape: tuple[int, int, int], optimizer_key: tu
     return _SviKernels(build_program(svi, evaluate), names, guide, sample)
 
 
-def _guide_init_params(guide_name: str, values: dict[str, jax.Array], names: tuple[str, ...]
-                       ) -> dict[str, jax.Array]:
+def _guide_init_params(guide_name: str, values: dict[str, jax.Array], names: tuple[str, ...],
+                       key: jax.Array, num_flows: int) -> dict[str, Any]:
     """Guide parameters centred on `values` (every weight site is real-valued, so the
     unconstrained and constrained values coincide)."""
     if guide_name == "normal":
         return {f"{name}_{PREFIX}_loc": values[name] for name in names}
     # AutoContinuous guides pack the latent sites in the model's order.
-    return {f"{PREFIX}_loc": jnp.concatenate([jnp.ravel(values[name]) for name in names])}
+    packed = jnp.concatenate([jnp.ravel(values[name]) for name in names])
+    params = {f"{PREFIX}_loc": packed}
+    if guide_name == "flow":
+        params.update(_identity_flows(key, packed.shape[0], num_flows))
+    return params
+
+
+@partial(jax.jit, static_argnames=("size", "num_flows"))
+def _identity_flows(key: jax.Array, size: int, num_flows: int) -> dict[str, Any]:
+    """Autoregressive networks whose output layer is zero: every flow starts as the identity
+    (mean 0, log-scale 0), so the guide starts exactly as ``loc + init_scale * eps``; the
+    hidden layers keep their random initialisation so that gradients flow from step one."""
+    init_network, _ = AutoregressiveNN(size, [size], permutation=jnp.arange(size))
+    params = {}
+    for index, flow_key in enumerate(jax.random.split(key, num_flows)):
+        _, layers = init_network(flow_key, (size,))
+        kernel, bias = layers[-1]
+        params[f"{PREFIX}_arn__{index}$params"] = [
+            *layers[:-1], (jnp.zeros_like(kernel), jnp.zeros_like(bias))]
+    return params
 
 
 def fit_svi(model: MDN, data: FitData, key: jax.Array, options: SviOptions) -> Posterior:
@@ -251,8 +271,9 @@ def fit_svi(model: MDN, data: FitData, key: jax.Array, options: SviOptions) -> P
                              f"{options.init.num_chains * options.init.num_draws} draws.")
         start = {name: value[0] for name, value in init_draws.items()}
     program = kernels.program
-    state = program.init_state(svi_key, data.X, data.y, data.y_scale,
-                               _guide_init_params(options.guide, start, kernels.names))
+    guide_params = _guide_init_params(options.guide, start, kernels.names, init_key,
+                                      options.num_flows)
+    state = program.init_state(svi_key, data.X, data.y, data.y_scale, guide_params)
     train_eval = None
     if subsample is not None and data.num_rows > MAX_TRAIN_EVAL_ROWS:
         rows = np.sort(np.asarray(jax.random.permutation(eval_key, data.num_rows))
