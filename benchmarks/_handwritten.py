@@ -20,7 +20,7 @@ from numpyro.infer.autoguide import (
     AutoMultivariateNormal,
     AutoNormal,
 )
-from numpyro.infer.util import log_density
+from numpyro.infer.util import log_density, log_likelihood
 
 HEADS = ("logits", "loc", "scale")
 
@@ -123,7 +123,7 @@ def nuts_fit(model, X, y, inits, key, *, num_warmup, num_samples, num_chains, ma
     return mcmc.get_samples()
 
 
-def laplace_fit(model, X, y, centre, key, num_draws: int):
+def laplace_fit(model, X, y, centre, key, num_draws: int, hessian: str = "exact"):
     """Gaussian at `centre` with the inverse Hessian of the negative log joint."""
     names = list(centre)
     shapes = [centre[n].shape for n in names]
@@ -134,9 +134,20 @@ def laplace_fit(model, X, y, centre, key, num_draws: int):
         return {n: flat[a:b].reshape(s) for n, s, a, b in
                 zip(names, shapes, offsets[:-1], offsets[1:], strict=True)}
 
+    def potential(z):
+        return -log_density(model, (X, y), {}, unravel(z))[0]
+
+    def row_log_likelihood(z):
+        return log_likelihood(model, unravel(z), X, y, batch_ndims=0)["y"]
+
     @jax.jit
     def run(flat, key):
-        precision = jax.hessian(lambda z: -log_density(model, (X, y), {}, unravel(z))[0])(flat)
+        if hessian == "exact":
+            precision = jax.hessian(potential)(flat)
+        else:  # prior curvature + empirical Fisher of the per-row log-likelihoods
+            precision = jax.hessian(lambda z: potential(z) + row_log_likelihood(z).sum())(flat)
+            per_row = jax.jacrev(row_log_likelihood)(flat)
+            precision = precision + per_row.T @ per_row
         return dist.MultivariateNormal(flat, precision_matrix=precision).sample(
             key, (num_draws,))
 
