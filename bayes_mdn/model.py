@@ -111,6 +111,26 @@ class MDN:
         """Total number of network weights and biases."""
         return sum(math.prod(site.shape) for site in self.sites(num_features, num_outputs))
 
+    def latent_shapes(self, num_features: int, num_outputs: int) -> dict[str, tuple[int, ...]]:
+        """Shape of every latent sample site: the keys of posterior draws.
+
+        For most priors these are the weight sites themselves; hierarchical priors add
+        non-centred latents (e.g. ``"hidden_0.kernel.z"`` and ``"hidden_0.kernel.tau"``).
+        """
+        sites = self.sites(num_features, num_outputs)
+        return {name: tuple(prior.batch_shape) + tuple(prior.event_shape)
+                for name, prior in self.prior.latent_distributions(sites).items()}
+
+    def network_weights(self, latents: Mapping[str, jax.Array], num_features: int,
+                        num_outputs: int) -> dict[str, jax.Array]:
+        """Network weights ``{site name: array}`` from latent values (one draw, no draw axes)."""
+        return self.prior.weights(self.sites(num_features, num_outputs), latents)
+
+    def initial_latents(self, weights: Mapping[str, jax.Array], num_features: int,
+                        num_outputs: int) -> dict[str, jax.Array]:
+        """Latent values reproducing network `weights` (one draw, no draw axes)."""
+        return self.prior.initial_latents(self.sites(num_features, num_outputs), weights)
+
     # ----------------------------------------------------------------------------- maths
     def mixture(
         self, params: Mapping[str, jax.Array], X_std: jax.Array, y_scale: jax.Array
@@ -120,7 +140,8 @@ class MDN:
         Parameters
         ----------
         params : mapping of str to Array
-            One value per site (no leading draw axes; vmap for several draws).
+            One value per latent site (see :meth:`latent_shapes`; no leading draw axes,
+            vmap for several draws).
         X_std : Array, shape (N, P)
             Standardised inputs.
         y_scale : Array, shape (D,)
@@ -134,7 +155,8 @@ class MDN:
         """
         num_outputs = y_scale.shape[-1]
         layout = self.layout(X_std.shape[-1], num_outputs)
-        raw = network.apply(params, X_std, layout, self.activation)
+        weights = self.network_weights(params, X_std.shape[-1], num_outputs)
+        raw = network.apply(weights, X_std, layout, self.activation)
         log_weights = jax.nn.log_softmax(raw[LOGITS], axis=-1)
         batch = X_std.shape[:-1]
         heads = {
@@ -164,8 +186,9 @@ class MDN:
             Minibatch size of the data plate; the likelihood is rescaled by N / batch.
         """
         num_rows, num_features = X_std.shape
-        params = {site.name: self.prior.sample(site)
-                  for site in self.sites(num_features, y_scale.shape[-1])}
+        params = {}
+        for site in self.sites(num_features, y_scale.shape[-1]):
+            params.update(self.prior.sample(site))
         with numpyro.plate("data", num_rows, subsample_size=subsample_size) as index:
             X_batch = X_std if subsample_size is None else X_std[index]
             y_batch = y_std if (y_std is None or subsample_size is None) else y_std[index]

@@ -9,6 +9,15 @@ A ``prior`` argument of :class:`bayes_mdn.MDN` may be
   ``numpyro.contrib.module.random_flax_module``); a scalar distribution is expanded to the
   site's shape.
 
+The priors: :class:`Normal`, :class:`FanInNormal` (default), :class:`Laplace`,
+:class:`StudentT`, :class:`Hierarchical` (a learned scale per tensor or per input unit, ARD),
+:class:`Horseshoe` (regularised) and :class:`Flat` (maximum likelihood, MAP only).
+
+Hierarchical priors are non-centred: their NumPyro sites are latents (``"<site>.z"``,
+``"<site>.tau"``, ...) from which the weight is computed, so posterior draws hold latents and
+:meth:`bayes_mdn.MDN.network_weights` maps them to weights. Other priors' latent is the
+weight itself, under the site's own name.
+
 Priors act on the network that sees *standardised* X and y, so a unit-scale prior means the
 same thing whatever units the data come in.
 """
@@ -31,10 +40,14 @@ __all__ = [
     "CallablePrior",
     "FanInNormal",
     "Flat",
+    "Hierarchical",
+    "Horseshoe",
+    "Laplace",
     "Normal",
     "Prior",
     "PriorMap",
     "Site",
+    "StudentT",
     "prior_from_config",
     "resolve_prior",
 ]
@@ -70,9 +83,30 @@ class Prior:
         """The prior of one site, with event shape equal to ``site.shape``."""
         raise NotImplementedError
 
-    def sample(self, site: Site) -> jax.Array:
-        """Declare the site in the NumPyro model (hierarchical priors add hyper-sites here)."""
-        return numpyro.sample(site.name, self.distribution(site))
+    # Latent parametrisation. Most priors put one sample site on the weight tensor itself.
+    # Hierarchical priors are written non-centred: independent latent sites (standard normal
+    # z, positive scales) and the weight a deterministic function of them, which keeps the
+    # posterior free of funnels for NUTS and the scales free to move for MAP and VI.
+    def latent_distributions(self, site: Site) -> dict[str, dist.Distribution]:
+        """The independent NumPyro sites that determine the weight tensor of `site`.
+
+        Returns a dict from site name to a distribution whose event shape is the latent's
+        shape. The default is the weight itself: ``{site.name: self.distribution(site)}``.
+        """
+        return {site.name: self.distribution(site)}
+
+    def weight(self, site: Site, latents: Mapping[str, jax.Array]) -> jax.Array:
+        """The weight tensor (``site.shape``) from the latent values of `site`."""
+        return latents[site.name]
+
+    def initial_latents(self, site: Site, weight: jax.Array) -> dict[str, jax.Array]:
+        """Latent values that reproduce `weight` (the network initialisation) exactly."""
+        return {site.name: weight}
+
+    def sample(self, site: Site) -> dict[str, jax.Array]:
+        """Declare the latent sites of `site` in the NumPyro model; returns their values."""
+        return {name: numpyro.sample(name, prior)
+                for name, prior in self.latent_distributions(site).items()}
 
     def to_config(self) -> dict[str, Any]:
         return {"name": self.name, **dataclasses.asdict(self)}
@@ -124,6 +158,234 @@ class FanInNormal(Prior):
     def distribution(self, site: Site) -> dist.Distribution:
         std = self.scale / np.sqrt(site.fan_in) if site.role == "kernel" else self.bias_scale
         return dist.Normal(0.0, std).expand(site.shape).to_event(len(site.shape))
+
+
+def _fan_in_std(site: Site, scale: float, bias_scale: float, fan_in: bool) -> float:
+    """Per-entry scale: `scale` / sqrt(fan_in) on kernels (if `fan_in`), `bias_scale` on biases."""
+    if site.role != "kernel":
+        return bias_scale
+    return scale / np.sqrt(site.fan_in) if fan_in else scale
+
+
+def _check_fan_in_flag(value: Any) -> None:
+    if not isinstance(value, bool):
+        raise TypeError(f"`fan_in` must be True or False; got {value!r}.")
+
+
+@dataclass(frozen=True)
+class Laplace(Prior):
+    """Independent ``Laplace(0, b)`` entries: sparser weights than a Normal of the same scale.
+
+    Parameters
+    ----------
+    scale : float
+        Laplace scale b of kernel entries (standard deviation b * sqrt(2)), divided by
+        ``sqrt(fan_in)`` when `fan_in` is true.
+    bias_scale : float
+        Laplace scale of bias entries.
+    fan_in : bool
+        Scale kernels by ``1 / sqrt(fan_in)`` as :class:`FanInNormal` does.
+    """
+
+    name: ClassVar[str] = "laplace"
+    scale: float = 1.0
+    bias_scale: float = 1.0
+    fan_in: bool = True
+
+    def __post_init__(self) -> None:
+        _check_scale(self.scale, "scale")
+        _check_scale(self.bias_scale, "bias_scale")
+        _check_fan_in_flag(self.fan_in)
+
+    def distribution(self, site: Site) -> dist.Distribution:
+        scale = _fan_in_std(site, self.scale, self.bias_scale, self.fan_in)
+        return dist.Laplace(0.0, scale).expand(site.shape).to_event(len(site.shape))
+
+
+@dataclass(frozen=True)
+class StudentT(Prior):
+    """Independent Student-t entries: heavy tails let a few weights grow large.
+
+    Parameters
+    ----------
+    df : float
+        Degrees of freedom (smaller is heavier-tailed; 1 is Cauchy).
+    scale : float
+        Scale of kernel entries, divided by ``sqrt(fan_in)`` when `fan_in` is true.
+    bias_scale : float
+        Scale of bias entries.
+    fan_in : bool
+        Scale kernels by ``1 / sqrt(fan_in)``.
+    """
+
+    name: ClassVar[str] = "student_t"
+    df: float = 3.0
+    scale: float = 1.0
+    bias_scale: float = 1.0
+    fan_in: bool = True
+
+    def __post_init__(self) -> None:
+        _check_scale(self.df, "df")
+        _check_scale(self.scale, "scale")
+        _check_scale(self.bias_scale, "bias_scale")
+        _check_fan_in_flag(self.fan_in)
+
+    def distribution(self, site: Site) -> dist.Distribution:
+        scale = _fan_in_std(site, self.scale, self.bias_scale, self.fan_in)
+        return dist.StudentT(self.df, 0.0, scale).expand(site.shape).to_event(len(site.shape))
+
+
+@dataclass(frozen=True)
+class Hierarchical(Prior):
+    """A learned scale per weight tensor (or per input unit: ARD) with a half-normal hyperprior.
+
+    ``w = z * tau * base`` with ``z ~ Normal(0, 1)`` entries and ``tau ~ HalfNormal(scale)``
+    (``HalfNormal(bias_scale)`` for biases); ``base`` is ``1 / sqrt(fan_in)`` on kernels when
+    `fan_in` is true. The data choose how large each layer's (or each input's) weights are,
+    instead of a fixed prior scale. The latent sites are ``"<site>.z"`` and ``"<site>.tau"``
+    (non-centred, so NUTS sees no funnel); ``MDN.network_weights`` turns them into weights.
+
+    Parameters
+    ----------
+    scale : float
+        Scale of the half-normal hyperprior on kernel scales.
+    bias_scale : float
+        Scale of the half-normal hyperprior on bias scales.
+    fan_in : bool
+        Multiply kernel entries by ``1 / sqrt(fan_in)``.
+    group : {"tensor", "input"}
+        ``"tensor"``: one scale per weight tensor. ``"input"``: one scale per input unit
+        (row) of each kernel, automatic relevance determination (ARD); biases keep one.
+    """
+
+    name: ClassVar[str] = "hierarchical"
+    scale: float = 1.0
+    bias_scale: float = 1.0
+    fan_in: bool = True
+    group: str = "tensor"
+
+    def __post_init__(self) -> None:
+        _check_scale(self.scale, "scale")
+        _check_scale(self.bias_scale, "bias_scale")
+        _check_fan_in_flag(self.fan_in)
+        if self.group not in ("tensor", "input"):
+            raise ValueError(f"`group` must be 'tensor' or 'input'; got {self.group!r}.")
+
+    def distribution(self, site: Site) -> dist.Distribution:
+        raise ValueError(
+            "A Hierarchical prior has no closed-form marginal per weight; use "
+            "latent_distributions(site) (its sites are '<site>.z' and '<site>.tau')."
+        )
+
+    def _tau_shape(self, site: Site) -> tuple[int, ...]:
+        if self.group == "input" and site.role == "kernel":
+            return (site.shape[0], 1)
+        return ()
+
+    def _hyper(self, site: Site) -> float:
+        return self.scale if site.role == "kernel" else self.bias_scale
+
+    def _base(self, site: Site) -> float:
+        return float(_fan_in_std(site, 1.0, 1.0, self.fan_in))
+
+    def latent_distributions(self, site: Site) -> dict[str, dist.Distribution]:
+        tau_shape = self._tau_shape(site)
+        return {
+            f"{site.name}.z": dist.Normal(0.0, 1.0).expand(site.shape).to_event(len(site.shape)),
+            f"{site.name}.tau": dist.HalfNormal(self._hyper(site)).expand(tau_shape)
+            .to_event(len(tau_shape)),
+        }
+
+    def weight(self, site: Site, latents: Mapping[str, jax.Array]) -> jax.Array:
+        return latents[f"{site.name}.z"] * latents[f"{site.name}.tau"] * self._base(site)
+
+    def initial_latents(self, site: Site, weight: jax.Array) -> dict[str, jax.Array]:
+        # Start each scale at its hyperprior scale; z then reproduces the weight exactly.
+        tau = jnp.full(self._tau_shape(site), self._hyper(site), dtype=weight.dtype)
+        return {f"{site.name}.z": weight / (tau * self._base(site)), f"{site.name}.tau": tau}
+
+
+@dataclass(frozen=True)
+class Horseshoe(Prior):
+    """Regularised horseshoe on kernels (Piironen & Vehtari, 2017); Normal biases.
+
+    ``w = z * tau * lambda_tilde`` with ``z ~ Normal(0, 1)``, local scales
+    ``lambda ~ HalfCauchy(1)``, a global scale ``tau ~ HalfCauchy(global_scale * base)``
+    (``base = 1 / sqrt(fan_in)`` when `fan_in` is true) and a slab
+    ``c^2 ~ InverseGamma(slab_df / 2, slab_df * slab_scale^2 / 2)`` that bounds the large
+    weights: ``lambda_tilde^2 = c^2 lambda^2 / (c^2 + tau^2 lambda^2)``. Most weights shrink
+    to zero, a few escape. Latent sites per kernel: ``"<site>.z"``, ``"<site>.lambda"``,
+    ``"<site>.tau"``, ``"<site>.c2"``.
+
+    Parameters
+    ----------
+    global_scale : float
+        Scale of the half-Cauchy prior on the global shrinkage tau (before fan-in scaling).
+    slab_scale : float
+        Scale of the slab, the typical size of weights that escape shrinkage.
+    slab_df : float
+        Degrees of freedom of the slab.
+    bias_scale : float
+        Standard deviation of the Normal prior on biases.
+    fan_in : bool
+        Scale the global shrinkage by ``1 / sqrt(fan_in)``.
+    """
+
+    name: ClassVar[str] = "horseshoe"
+    global_scale: float = 1.0
+    slab_scale: float = 2.0
+    slab_df: float = 4.0
+    bias_scale: float = 1.0
+    fan_in: bool = True
+
+    def __post_init__(self) -> None:
+        for name in ("global_scale", "slab_scale", "slab_df", "bias_scale"):
+            _check_scale(getattr(self, name), name)
+        _check_fan_in_flag(self.fan_in)
+
+    def distribution(self, site: Site) -> dist.Distribution:
+        if site.role != "kernel":
+            return dist.Normal(0.0, self.bias_scale).expand(site.shape).to_event(len(site.shape))
+        raise ValueError(
+            "A Horseshoe prior has no closed-form marginal per weight; use "
+            "latent_distributions(site)."
+        )
+
+    def _tau_scale(self, site: Site) -> float:
+        return float(_fan_in_std(site, self.global_scale, self.global_scale, self.fan_in))
+
+    def latent_distributions(self, site: Site) -> dict[str, dist.Distribution]:
+        if site.role != "kernel":
+            return {site.name: self.distribution(site)}
+        rank = len(site.shape)
+        half_df = 0.5 * self.slab_df
+        return {
+            f"{site.name}.z": dist.Normal(0.0, 1.0).expand(site.shape).to_event(rank),
+            f"{site.name}.lambda": dist.HalfCauchy(1.0).expand(site.shape).to_event(rank),
+            f"{site.name}.tau": dist.HalfCauchy(self._tau_scale(site)),
+            f"{site.name}.c2": dist.InverseGamma(half_df, half_df * self.slab_scale ** 2),
+        }
+
+    @staticmethod
+    def _shrinkage(site: Site, lam, tau, c2):
+        lam2 = jnp.square(lam)
+        return tau * jnp.sqrt(c2 * lam2 / (c2 + jnp.square(tau) * lam2))
+
+    def weight(self, site: Site, latents: Mapping[str, jax.Array]) -> jax.Array:
+        if site.role != "kernel":
+            return latents[site.name]
+        shrink = self._shrinkage(site, latents[f"{site.name}.lambda"],
+                                 latents[f"{site.name}.tau"], latents[f"{site.name}.c2"])
+        return latents[f"{site.name}.z"] * shrink
+
+    def initial_latents(self, site: Site, weight: jax.Array) -> dict[str, jax.Array]:
+        if site.role != "kernel":
+            return {site.name: weight}
+        lam = jnp.ones(site.shape, weight.dtype)
+        tau = jnp.asarray(self._tau_scale(site), weight.dtype)
+        c2 = jnp.asarray(self.slab_scale ** 2, weight.dtype)
+        return {f"{site.name}.z": weight / self._shrinkage(site, lam, tau, c2),
+                f"{site.name}.lambda": lam, f"{site.name}.tau": tau, f"{site.name}.c2": c2}
 
 
 @dataclass(frozen=True)
@@ -189,8 +451,28 @@ class PriorMap:
                 f"{sorted(known)} and 'default'."
             )
 
-    def sample(self, site: Site) -> jax.Array:
+    def sample(self, site: Site) -> dict[str, jax.Array]:
         return self.for_site(site).sample(site)
+
+    def latent_distributions(self, sites: tuple[Site, ...]) -> dict[str, dist.Distribution]:
+        """Every latent site of the network, in network order."""
+        latents: dict[str, dist.Distribution] = {}
+        for site in sites:
+            latents.update(self.for_site(site).latent_distributions(site))
+        return latents
+
+    def weights(self, sites: tuple[Site, ...], latents: Mapping[str, jax.Array]
+                ) -> dict[str, jax.Array]:
+        """Network weights ``{site.name: array}`` from latent values."""
+        return {site.name: self.for_site(site).weight(site, latents) for site in sites}
+
+    def initial_latents(self, sites: tuple[Site, ...], weights: Mapping[str, jax.Array]
+                        ) -> dict[str, jax.Array]:
+        """Latent values reproducing the network `weights` (one value per latent site)."""
+        latents: dict[str, jax.Array] = {}
+        for site in sites:
+            latents.update(self.for_site(site).initial_latents(site, weights[site.name]))
+        return latents
 
     def to_config(self) -> dict[str, Any]:
         return {
@@ -232,7 +514,10 @@ def resolve_prior(prior: Any) -> PriorMap:
     )
 
 
-_PRIORS: dict[str, type[Prior]] = {cls.name: cls for cls in (Normal, FanInNormal, Flat)}
+_PRIORS: dict[str, type[Prior]] = {
+    cls.name: cls
+    for cls in (Normal, FanInNormal, Flat, Laplace, StudentT, Hierarchical, Horseshoe)
+}
 
 
 @dataclass(frozen=True)
@@ -268,8 +553,6 @@ def prior_from_config(config: Mapping[str, Any]) -> PriorMap:
 
 
 def log_density(prior_map: PriorMap, sites: tuple[Site, ...], params: Mapping[str, Any]) -> Any:
-    """Total prior log-density of `params` (for tests and hand checks)."""
-    return sum(
-        jnp.sum(prior_map.for_site(site).distribution(site).log_prob(params[site.name]))
-        for site in sites
-    )
+    """Total prior log-density of the latent values `params` (one entry per latent site)."""
+    return sum(jnp.sum(prior.log_prob(params[name]))
+               for name, prior in prior_map.latent_distributions(sites).items())

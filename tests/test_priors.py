@@ -264,8 +264,8 @@ def test_callable_config_loads_as_unavailable():
 
 
 def test_unknown_prior_name_in_config():
-    config = {"name": "map", "default": {"name": "horseshoe"}, "entries": {}}
-    with pytest.raises(ValueError, match=r"Unknown prior 'horseshoe' in saved configuration\."):
+    config = {"name": "map", "default": {"name": "spike_slab"}, "entries": {}}
+    with pytest.raises(ValueError, match=r"Unknown prior 'spike_slab' in saved configuration\."):
         prior_from_config(config)
 
 

@@ -18,13 +18,15 @@ options dataclass each, so unknown or invalid options fail before anything is co
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from typing import Any
 
 import jax
+import numpy as np
 import numpyro.distributions as dist
 
-from bayes_mdn._validation import check_choice, check_key
+from bayes_mdn._validation import check_choice, check_column_names, check_key, column_names
 from bayes_mdn.inference._data import FitData, prepare_data
 from bayes_mdn.inference._optim import OptimOptions
 from bayes_mdn.inference.laplace import LaplaceOptions, fit_laplace
@@ -84,9 +86,39 @@ def fit(model: MDN, X: Any, y: Any, *, key: jax.Array, method: str = "map",
         )
     method_options = options_type(**options)
     data = prepare_data(model, X, y, X_test, y_test)
+    names = _column_names(X, y, X_test)
     if method not in POINT_ESTIMATES:
         _require_proper_prior(model, data, method)
-    return fit_method(model, data, key, method_options)
+    posterior = fit_method(model, data, key, method_options)
+    if names:
+        posterior = dataclasses.replace(posterior, info={**posterior.info, **names})
+    return _with_reference_points(posterior, data)
+
+
+def _with_reference_points(posterior: Posterior, data: FitData) -> Posterior:
+    """Record ``info["reference_X"]``/``["reference_y"]``: 32 training rows (original units)
+    at which :mod:`bayes_mdn.diagnostics` evaluates function-space R-hat and ESS."""
+    from bayes_mdn.diagnostics import reference_indices
+
+    rows = reference_indices(np.asarray(data.X))
+    standardizer = data.standardizer
+    X_ref = np.asarray(data.X, np.float64)[rows] * standardizer.x_scale + standardizer.x_shift
+    y_ref = np.asarray(data.y, np.float64)[rows] * standardizer.y_scale + standardizer.y_shift
+    info = {**posterior.info, "reference_X": X_ref.tolist(), "reference_y": y_ref.tolist()}
+    return dataclasses.replace(posterior, info=info)
+
+
+def _column_names(X: Any, y: Any, X_test: Any) -> dict[str, list[str]]:
+    """``feature_names`` / ``target_names`` of pandas inputs, recorded in ``Posterior.info``
+    (for plot labels, the command line, and the prediction-time column check)."""
+    names = {}
+    feature_names, target_names = column_names(X), column_names(y)
+    if feature_names is not None:
+        check_column_names(X_test, feature_names, "X_test")
+        names["feature_names"] = feature_names
+    if target_names is not None:
+        names["target_names"] = target_names
+    return names
 
 
 #: Methods that only need the mode of the posterior, so an improper (flat) prior is fine.
@@ -95,9 +127,9 @@ POINT_ESTIMATES = ("map", "ensemble")
 
 def _require_proper_prior(model: MDN, data: FitData, method: str) -> None:
     _, num_features, num_outputs = data.shape
-    improper = [site.name for site in model.sites(num_features, num_outputs)
-                if isinstance(model.prior.for_site(site).distribution(site),
-                           dist.ImproperUniform)]
+    latents = model.prior.latent_distributions(model.sites(num_features, num_outputs))
+    improper = [name for name, prior in latents.items()
+                if isinstance(prior, dist.ImproperUniform)]
     if improper:
         raise ValueError(
             f"method={method!r} integrates over the posterior and needs a proper prior, but "

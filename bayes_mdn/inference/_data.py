@@ -14,7 +14,7 @@ import numpyro.distributions as dist
 from jax.scipy.special import logsumexp
 
 from bayes_mdn import network
-from bayes_mdn._validation import as_features, as_targets, check_same_rows
+from bayes_mdn._validation import as_features, as_targets, check_min_rows, check_same_rows
 from bayes_mdn.model import MDN
 from bayes_mdn.scaling import Standardizer
 
@@ -74,6 +74,7 @@ def prepare_data(model: MDN, X: Any, y: Any, X_test: Any = None, y_test: Any = N
     X_host = as_features(X, "X")
     y_host = as_targets(y, "y")
     check_same_rows(X_host, y_host)
+    check_min_rows(X_host)
     model.prior.check_sites(model.sites(X_host.shape[1], y_host.shape[1]))
     model.family.check_support(y_host, "y")
     standardizer = Standardizer.fit(X_host, y_host, standardize_y=model.family.standardize_y)
@@ -101,15 +102,20 @@ def prepare_data(model: MDN, X: Any, y: Any, X_test: Any = None, y_test: Any = N
 def initial_params(model: MDN, data: FitData, key: jax.Array) -> dict[str, jax.Array]:
     """Data-dependent starting point: spread component locations, near-uniform weights.
 
-    A key array of shape (E,) gives E independent starting points, each site (E, ...).
+    Returns one value per latent site (see ``MDN.latent_shapes``). A key array of shape (E,)
+    gives E independent starting points, each site (E, ...).
     """
     num_features, num_outputs = data.X.shape[1], data.y.shape[1]
     head_bias = {"logits": np.zeros(model.num_components)}
     head_bias.update(model.family.initial_head_bias(np.asarray(data.y), model.num_components))
     layout = model.layout(num_features, num_outputs)
+
+    def to_latents(weights):
+        return model.initial_latents(weights, num_features, num_outputs)
+
     if key.ndim == 0:
-        return _init_network(key, layout, head_bias, dtype=data.X.dtype)
-    return _init_networks(key, layout, head_bias, dtype=data.X.dtype)
+        return to_latents(_init_network(key, layout, head_bias, dtype=data.X.dtype))
+    return jax.vmap(to_latents)(_init_networks(key, layout, head_bias, dtype=data.X.dtype))
 
 
 # Compiled as one program: run eagerly, each small op would compile on its own (~0.1 s each).

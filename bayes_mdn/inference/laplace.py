@@ -23,10 +23,12 @@ import numpy as np
 from numpyro.infer.util import log_density
 
 from bayes_mdn._validation import check_choice, check_positive_int
+from bayes_mdn.diagnostics import pareto_k
 from bayes_mdn.inference._data import FitData, draws_from_init, final_scores, point_log_prob
 from bayes_mdn.inference._optim import OptimOptions
 from bayes_mdn.model import MDN
 from bayes_mdn.posterior import Posterior
+from bayes_mdn.priors import log_density as prior_log_density
 
 __all__ = ["LaplaceOptions", "fit_laplace"]
 
@@ -35,6 +37,8 @@ MAX_PARAMETERS = 20_000
 #: Hessian-vector products evaluated at once.
 HVP_BATCH = 64
 HESSIANS = ("exact", "fisher")
+#: Draws for the Pareto k of the approximation, ``info["pareto_k"]``.
+NUM_PARETO_DRAWS = 200
 
 
 @dataclass(frozen=True)
@@ -71,25 +75,27 @@ def _laplace_kernel(model: MDN, data_shape: tuple[int, int, int], num_draws: int
                     hessian: str):
     _, num_features, num_outputs = data_shape
     sites = model.sites(num_features, num_outputs)
-    sizes = [math.prod(site.shape) for site in sites]
+    shapes = model.latent_shapes(num_features, num_outputs)
+    sizes = [math.prod(shape) for shape in shapes.values()]
     offsets = np.cumsum([0, *sizes])
 
     def unravel(flat):
-        return {site.name: flat[start:stop].reshape(site.shape)
-                for site, start, stop in zip(sites, offsets[:-1], offsets[1:], strict=True)}
+        return {name: flat[start:stop].reshape(shape) for (name, shape), start, stop
+                in zip(shapes.items(), offsets[:-1], offsets[1:], strict=True)}
+
+    per_draw = data_shape[0] * max(model.num_components * num_outputs, *model.hidden_sizes, 1)
+    pareto_batch = max(1, min(NUM_PARETO_DRAWS, 2**22 // per_draw))
 
     @jax.jit
     def kernel(values, key, X, y, y_scale):
-        centre = jnp.concatenate([jnp.ravel(values[site.name]) for site in sites])
+        centre = jnp.concatenate([jnp.ravel(values[name]) for name in shapes])
 
         def potential(flat):
             return -log_density(model.numpyro_model, (X, y), {"y_scale": y_scale},
                                 unravel(flat))[0]
 
         def prior_potential(flat):
-            params = unravel(flat)
-            return -sum(jnp.sum(model.prior.for_site(site).distribution(site).log_prob(
-                params[site.name])) for site in sites)
+            return -prior_log_density(model.prior, sites, unravel(flat))
 
         gradient = jax.grad(potential)
         curved = potential if hessian == "exact" else prior_potential
@@ -115,7 +121,15 @@ def _laplace_kernel(model: MDN, data_shape: tuple[int, int, int], num_draws: int
         offsets_z = jax.scipy.linalg.solve_triangular(cholesky, noise.T, lower=True,
                                                       trans="T").T
         draws = jax.vmap(unravel)(centre + offsets_z)
-        return eigenvalues, jnp.linalg.norm(gradient(centre)), draws
+        # Importance log-weights log p(z, y) - log q(z) of separate draws, for Pareto k.
+        extra = jax.random.normal(jax.random.fold_in(key, 1),
+                                  (NUM_PARETO_DRAWS, centre.shape[0]), centre.dtype)
+        extra_z = centre + jax.scipy.linalg.solve_triangular(cholesky, extra.T, lower=True,
+                                                             trans="T").T
+        log_q = (jnp.sum(jnp.log(jnp.diag(cholesky))) - 0.5 * jnp.sum(extra**2, axis=1)
+                 - 0.5 * centre.shape[0] * jnp.log(2 * jnp.pi))
+        log_p = -jax.lax.map(potential, extra_z, batch_size=pareto_batch)
+        return eigenvalues, jnp.linalg.norm(gradient(centre)), draws, log_p - log_q
 
     return kernel
 
@@ -143,7 +157,7 @@ def fit_laplace(model: MDN, data: FitData, key: jax.Array, options: LaplaceOptio
                          f"method='map'; got a {map_fit.method!r} fit.")
     centre = {name: value[0] for name, value in init_draws.items()}
     kernel = _laplace_kernel(model, data.shape, options.num_draws, options.hessian)
-    eigenvalues, gradient_norm, draws = jax.device_get(
+    eigenvalues, gradient_norm, draws, log_weights = jax.device_get(
         kernel(centre, draw_key, data.X, data.y, data.y_scale))
     smallest = float(eigenvalues[0])
     if not np.isfinite(eigenvalues).all() or smallest <= 0:
@@ -167,6 +181,7 @@ def fit_laplace(model: MDN, data: FitData, key: jax.Array, options: LaplaceOptio
             "hessian_min_eigenvalue": smallest,
             "hessian_max_eigenvalue": float(eigenvalues[-1]),
             "map_gradient_norm": float(gradient_norm),
-            "map_fit_seconds": map_fit.info.get("fit_seconds")}
+            "map_fit_seconds": map_fit.info.get("fit_seconds"),
+            "pareto_k": pareto_k(log_weights), "pareto_k_draws": NUM_PARETO_DRAWS}
     return Posterior(model=model, method="laplace", draws=laplace_draws,
                      standardizer=data.standardizer, history=history, info=info)

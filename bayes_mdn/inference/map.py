@@ -79,7 +79,7 @@ def map_program(model: MDN, data_shape: tuple[int, int, int], optimizer_key: tup
     every fit, e.g. for each key of a seed sweep or each ensemble size.
     """
     _, num_features, num_outputs = data_shape
-    names = tuple(site.name for site in model.sites(num_features, num_outputs))
+    names = tuple(model.latent_shapes(num_features, num_outputs))
     guide = AutoDelta(model.numpyro_model, prefix=PREFIX, init_loc_fn=init_to_uniform)
     svi = SVI(model.numpyro_model, guide, make_optimizer(*optimizer_key), Trace_ELBO())
 

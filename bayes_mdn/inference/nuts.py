@@ -138,7 +138,7 @@ def fit_nuts(model: MDN, data: FitData, key: jax.Array, options: NutsOptions) ->
         start = {name: value[0] for name, value in start.items()}
     mcmc.run(run_key, data.X, data.y, y_scale=data.y_scale, init_params=start,
              extra_fields=tuple(EXTRA_FIELDS))
-    names = [site.name for site in model.sites(data.shape[1], data.shape[2])]
+    names = list(model.latent_shapes(data.shape[1], data.shape[2]))
     samples = mcmc.get_samples(group_by_chain=True)
     draws = {name: samples[name] for name in names}
     extra = jax.device_get(mcmc.get_extra_fields(group_by_chain=True))

@@ -35,6 +35,7 @@ from numpyro.distributions.transforms import (
     IndependentTransform,
     PermuteTransform,
 )
+from numpyro.handlers import seed
 from numpyro.infer import SVI, Trace_ELBO
 from numpyro.infer.autoguide import (
     AutoContinuous,
@@ -43,9 +44,11 @@ from numpyro.infer.autoguide import (
     AutoNormal,
 )
 from numpyro.infer.initialization import init_to_uniform
+from numpyro.infer.util import log_density
 from numpyro.nn import AutoregressiveNN
 
 from bayes_mdn._validation import check_choice, check_positive_float, check_positive_int
+from bayes_mdn.diagnostics import pareto_k
 from bayes_mdn.inference._data import (
     FitData,
     draws_from_init,
@@ -70,6 +73,8 @@ PREFIX = "auto"
 GUIDES = ("normal", "lowrank", "mvn", "flow")
 #: Training rows used for the training-set curve of minibatch SVI (a fixed random subset).
 MAX_TRAIN_EVAL_ROWS = 8192
+#: Guide draws for the Pareto k of the fitted guide, ``info["pareto_k"]``.
+NUM_PARETO_DRAWS = 200
 
 
 class AffineIAFGuide(AutoContinuous):
@@ -192,6 +197,7 @@ class _SviKernels:
     names: tuple[str, ...]
     guide: Any
     sample: Any
+    importance_log_weights: Any
 
 
 @lru_cache(maxsize=16)
@@ -200,7 +206,7 @@ def _svi_kernels(model: MDN, data_shape: tuple[int, int, int], optimizer_key: tu
                  num_eval_draws: int, num_draws: int) -> _SviKernels:
     """Everything compiled for one SVI configuration, built once and cached."""
     _, num_features, num_outputs = data_shape
-    names = tuple(site.name for site in model.sites(num_features, num_outputs))
+    names = tuple(model.latent_shapes(num_features, num_outputs))
     model_fn = partial_model(model.numpyro_model, subsample_size)
     guide = _make_guide(model_fn, guide_key)
     svi = SVI(model_fn, guide, make_optimizer(*optimizer_key),
@@ -219,7 +225,24 @@ def _svi_kernels(model: MDN, data_shape: tuple[int, int, int], optimizer_key: tu
     def sample(params, key, X, y_scale):
         return guide_draws(params, key, X, y_scale, num_draws)
 
-    return _SviKernels(build_program(svi, evaluate), names, guide, sample)
+    num_rows = data_shape[0]
+    per_draw = num_rows * max(model.num_components * num_outputs, *model.hidden_sizes, 1)
+    pareto_batch = max(1, min(NUM_PARETO_DRAWS, 2**22 // per_draw))
+
+    @jax.jit
+    def importance_log_weights(params, key, X, y, y_scale):
+        """``log p(theta, y) - log q(theta)`` on all rows for NUM_PARETO_DRAWS guide draws."""
+        def one(draw_key):
+            log_q, trace = log_density(seed(guide, draw_key), (X, None), {"y_scale": y_scale},
+                                       params)
+            values = {name: trace[name]["value"] for name in names}
+            log_p, _ = log_density(model.numpyro_model, (X, y), {"y_scale": y_scale}, values)
+            return log_p - log_q
+
+        return jax.lax.map(one, jax.random.split(key, NUM_PARETO_DRAWS), batch_size=pareto_batch)
+
+    return _SviKernels(build_program(svi, evaluate), names, guide, sample,
+                       importance_log_weights)
 
 
 def _guide_init_params(guide_name: str, values: dict[str, jax.Array], names: tuple[str, ...],
@@ -283,6 +306,9 @@ def fit_svi(model: MDN, data: FitData, key: jax.Array, options: SviOptions) -> P
                         eval_key=eval_key, train_eval=train_eval)
     draws = kernels.sample(result.estimate, draw_key, data.X, data.y_scale)
     check_finite_fit(result.history["loss"], draws)
+    # Reliability of the guide as a posterior approximation (PSIS k-hat; see diagnostics).
+    k_hat = pareto_k(kernels.importance_log_weights(
+        result.estimate, jax.random.fold_in(draw_key, 1), data.X, data.y, data.y_scale))
     history = dict(result.history)
     history["elbo"] = -history["loss"]
     info = {"fit_seconds": time.perf_counter() - started, "guide": options.guide,
@@ -291,7 +317,8 @@ def fit_svi(model: MDN, data: FitData, key: jax.Array, options: SviOptions) -> P
             else "custom", "ema_decay": options.ema_decay,
             "num_particles": options.num_particles, "subsample_size": subsample,
             "init_scale": options.init_scale, "num_rows": data.num_rows,
-            "init": None if options.init is None else options.init.method}
+            "init": None if options.init is None else options.init.method,
+            "pareto_k": k_hat, "pareto_k_draws": NUM_PARETO_DRAWS}
     return Posterior(model=model, method="svi",
                      draws={name: value[None] for name, value in draws.items()},
                      standardizer=data.standardizer, history=history, info=info)
