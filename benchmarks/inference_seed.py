@@ -12,7 +12,11 @@ the MAP fit) and NUTS (one chain per ensemble member), and reports per method:
   and SVI are timed warm (second call, compiled programs reused: the steady state); Laplace
   and NUTS cold (both sides trace and compile once per call).
 
-    python benchmarks/inference_seed.py [--sizes 200 4000] [--quick]
+    python benchmarks/inference_seed.py [--sizes 200 4000] [--quick] [--prior hierarchical]
+
+``--prior hierarchical`` fits every method under a hierarchical prior (a learned scale per
+weight tensor, half-normal hyperprior; see ``prior_sensitivity.py``) instead of the fixed
+fan-in prior; the hand-written twins have fixed priors only, so its rows carry no ratios.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ import numpy as np
 from _common import write_results
 
 import bayes_mdn as bm
-from bayes_mdn.priors import FanInNormal
+from bayes_mdn.priors import FanInNormal, Hierarchical
 
 NUM_TEST = 20_000
 #: Predictive draws used to score each fit (log-likelihood, coverage): bounded cost.
@@ -48,7 +52,9 @@ SETTINGS = {
 }
 
 
-def prior_of(setting):
+def prior_of(setting, kind: str = "fan_in"):
+    if kind == "hierarchical":
+        return Hierarchical(setting["prior_scale"])
     if setting["scale_head_prior"] is None:
         return FanInNormal(setting["prior_scale"])
     return {"default": FanInNormal(setting["prior_scale"]),
@@ -71,7 +77,7 @@ def clock(function):
     return result, time.perf_counter() - started
 
 
-def run_size(num_train: int, quick: bool) -> list[dict]:
+def run_size(num_train: int, quick: bool, prior: str = "fan_in") -> list[dict]:
     setting = dict(SETTINGS[num_train])
     nuts_options = dict(setting["nuts"])
     if quick:
@@ -82,40 +88,48 @@ def run_size(num_train: int, quick: bool) -> list[dict]:
                                                     train_fraction=num_train / total)
     optimal = float(np.mean(bm.datasets.inverse_sine_log_prob(X_test, y_test)))
     model = bm.MDN(num_components=setting["K"], hidden_sizes=setting["hidden"],
-                   prior=prior_of(setting))
+                   prior=prior_of(setting, prior))
+    with_twin = prior == "fan_in"
     twin = hw.make_model(setting["K"], setting["hidden"], setting["prior_scale"],
                          setting["scale_head_prior"])
     X_s, y_s = hw.standardise(X, y)
     rows = []
+
+    def clock_baseline(function):
+        """Seconds of a hand-written twin (warm-up call included by the caller), or NaN."""
+        return clock(function)[1] if with_twin else float("nan")
 
     def record(method, posterior, seconds, baseline_seconds, timing):
         test_ll, coverage = score(posterior, X_test, y_test)
         rows.append({"n_train": num_train, "method": method, "test_ll": test_ll,
                      "gap_to_exact": optimal - test_ll, "coverage_90": coverage,
                      "fit_s": seconds, "baseline_s": baseline_seconds,
-                     "overhead_ratio": seconds / baseline_seconds, "timing": timing})
+                     "overhead_ratio": seconds / baseline_seconds, "timing": timing,
+                     "prior": prior})
         print(rows[-1], flush=True)
 
     # MAP: warm timings (a second key reuses the compiled programs on both sides).
     map_options = dict(num_steps=setting["map_steps"], ema_decay=0.995)
     map_fit = model.fit(X, y, key=jax.random.key(1), **map_options)
     _, map_s = clock(lambda: model.fit(X, y, key=jax.random.key(2), **map_options
-                                       ).draws["loc.bias"])
+                                       ).flat_draws())
     start = {name: value[0, 0] for name, value in map_fit.draws.items()}
     base_map = hw.make_map(twin, X_s, y_s, setting["map_steps"])
-    base_map(start)
-    _, map_base = clock(lambda: base_map(start))
+    if with_twin:
+        base_map(start)
+    map_base = clock_baseline(lambda: base_map(start))
     record("map", map_fit, map_s, map_base, "warm")
 
     ensemble_options = dict(num_members=setting["members"], num_steps=setting["map_steps"],
                             ema_decay=0.995)
     ensemble = model.fit(X, y, key=jax.random.key(3), method="ensemble", **ensemble_options)
     _, ensemble_s = clock(lambda: model.fit(X, y, key=jax.random.key(4), method="ensemble",
-                                            **ensemble_options).draws["loc.bias"])
+                                            **ensemble_options).flat_draws())
     starts = {name: value[0] for name, value in ensemble.draws.items()}
     base_ensemble = hw.make_ensemble(twin, X_s, y_s, setting["map_steps"])
-    base_ensemble(starts)
-    _, ensemble_base = clock(lambda: base_ensemble(starts))
+    if with_twin:
+        base_ensemble(starts)
+    ensemble_base = clock_baseline(lambda: base_ensemble(starts))
     record(f"ensemble ({setting['members']})", ensemble, ensemble_s, ensemble_base, "warm")
 
     for guide in ("normal", "lowrank", "flow"):
@@ -123,8 +137,8 @@ def run_size(num_train: int, quick: bool) -> list[dict]:
                            num_steps=setting["svi_steps"], num_draws=SCORE_DRAWS)
         fitted = model.fit(X, y, key=jax.random.key(5), **svi_options)
         _, svi_s = clock(lambda o=svi_options: model.fit(X, y, key=jax.random.key(6), **o
-                                                         ).draws["loc.bias"])
-        if guide == "flow":  # numpyro has no flow guide centred on a point: no twin
+                                                         ).flat_draws())
+        if guide == "flow" or not with_twin:  # numpyro has no flow guide centred on a point
             record(f"svi-{guide}", fitted, svi_s, float("nan"), "warm")
             continue
         base_svi = hw.make_svi(twin, X_s, y_s, guide, setting["svi_steps"], SCORE_DRAWS)
@@ -145,7 +159,7 @@ def run_size(num_train: int, quick: bool) -> list[dict]:
                          "baseline_s": float("nan"), "overhead_ratio": float("nan"),
                          "timing": "Hessian not PD: refused"})
             continue
-        _, laplace_base = clock(lambda h=hessian: hw.laplace_fit(
+        laplace_base = clock_baseline(lambda h=hessian: hw.laplace_fit(
             twin, X_s, y_s, start, jax.random.key(7), SCORE_DRAWS, h))
         record(f"laplace-{hessian}", laplace, laplace_s, laplace_base, "cold")
 
@@ -155,7 +169,7 @@ def run_size(num_train: int, quick: bool) -> list[dict]:
     nuts_starts = {name: value[member] for name, value in starts.items()}
     nuts, nuts_s = clock(lambda: model.fit(X, y, key=jax.random.key(8), method="nuts",
                                            init=ensemble, **nuts_options))
-    _, nuts_base = clock(lambda: hw.nuts_fit(twin, X_s, y_s, nuts_starts, jax.random.key(8),
+    nuts_base = clock_baseline(lambda: hw.nuts_fit(twin, X_s, y_s, nuts_starts, jax.random.key(8),
                                              **nuts_options))
     record(f"nuts ({chains} chains)", nuts, nuts_s, nuts_base, "cold")
     print(f"n={num_train}: divergences {nuts.summary()['num_divergent']}, "
@@ -169,8 +183,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--sizes", type=int, nargs="+", default=[200, 4000])
     parser.add_argument("--quick", action="store_true", help="tiny budgets, for a smoke run")
+    parser.add_argument("--prior", choices=("fan_in", "hierarchical"), default="fan_in")
     args = parser.parse_args()
-    rows = [row for size in args.sizes for row in run_size(size, args.quick)]
+    rows = [row for size in args.sizes for row in run_size(size, args.quick, args.prior)]
     summary = {}
     for size in args.sizes:
         by_method = {r["method"]: r["test_ll"] for r in rows if r["n_train"] == size}
@@ -183,8 +198,10 @@ def main() -> None:
                               "worst_minus_map": min(v for v in by_method.values()
                                                      if np.isfinite(v)) - by_method["map"]}
     name = "inference_seed_quick" if args.quick else "inference_seed"
+    if args.prior != "fan_in":
+        name += f"_{args.prior}"
     write_results(name, {"settings": {str(k): v for k, v in SETTINGS.items()},
-                         "summary": summary}, rows)
+                         "prior": args.prior, "summary": summary}, rows)
     print(summary)
 
 
