@@ -1,6 +1,11 @@
 """bayes_mdn: Bayesian Mixture Density Networks on NumPyro and JAX."""
 
-from bayes_mdn import datasets, families, priors
+import importlib
+from typing import Any
+
+from bayes_mdn import datasets, diagnostics, families, feature_networks, metrics, priors
+from bayes_mdn._arviz import compare
+from bayes_mdn.diagnostics import ConvergenceWarning
 from bayes_mdn.io import load
 from bayes_mdn.model import MDN
 from bayes_mdn.posterior import Posterior
@@ -10,11 +15,24 @@ __version__ = "0.1.0"
 
 __all__ = [
     "MDN",
+    "ConvergenceWarning",
     "Posterior",
     "PredictiveMixture",
     "__version__",
+    "compare",
     "datasets",
+    "diagnostics",
     "families",
+    "feature_networks",
     "load",
+    "metrics",
+    "plotting",
     "priors",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    # matplotlib is imported on first use of ``bm.plotting``, not on ``import bayes_mdn``.
+    if name == "plotting":
+        return importlib.import_module("bayes_mdn.plotting")
+    raise AttributeError(f"module 'bayes_mdn' has no attribute {name!r}")

@@ -18,10 +18,14 @@ __all__ = [
     "as_features",
     "as_targets",
     "check_choice",
+    "check_column_names",
     "check_key",
+    "check_min_rows",
+    "check_not_constant",
     "check_positive_float",
     "check_positive_int",
     "check_same_rows",
+    "column_names",
     "float_dtype",
 ]
 
@@ -150,6 +154,65 @@ def as_targets(y: Any, name: str = "y", *, num_outputs: int | None = None) -> np
         )
     return _finish_2d(array, name, ("output columns", "output columns"), num_outputs,
                       "the model has")
+
+
+def column_names(value: Any) -> list[str] | None:
+    """Column names of a pandas DataFrame (or the name of a Series), else None.
+
+    Used to remember feature and target names at fit time (``Posterior.info``) for labels,
+    the command line, and the check that prediction-time columns match.
+    """
+    columns = getattr(value, "columns", None)
+    if columns is not None and not isinstance(value, np.ndarray):
+        return [str(column) for column in columns]
+    if hasattr(value, "to_numpy") and getattr(value, "ndim", None) == 1:  # pandas Series
+        name = getattr(value, "name", None)
+        return None if name is None else [str(name)]
+    return None
+
+
+def check_column_names(value: Any, expected: Sequence[str] | None, name: str = "X") -> None:
+    """Raise if a DataFrame's columns differ from the `expected` names seen at fit time.
+
+    Plain arrays carry no names and are not checked (only their width is).
+    """
+    names = column_names(value)
+    if names is None or expected is None or list(names) == list(expected):
+        return
+    expected = list(expected)
+    hint = (f" Reorder them with {name}[{expected!r}]." if sorted(names) == sorted(expected)
+            else "")
+    raise ValueError(
+        f"`{name}` has columns {names} but the model was fitted on columns {expected}.{hint}"
+    )
+
+
+def check_min_rows(X: np.ndarray, minimum: int = 2, name: str = "X") -> None:
+    """Raise if there are fewer than `minimum` rows to fit on."""
+    if X.shape[0] < minimum:
+        raise ValueError(
+            f"`{name}` has {X.shape[0]} row{'s' if X.shape[0] != 1 else ''}; fitting needs at "
+            f"least {minimum} rows (the data are standardised with their mean and spread)."
+        )
+
+
+def check_not_constant(y: np.ndarray, name: str = "y") -> None:
+    """Raise if an output column of `y` (N, D) takes a single value.
+
+    A constant target has a point-mass conditional distribution: a mixture of densities can
+    only approach it by shrinking every component to the scale floor, so the fitted
+    "density" (and its log-likelihood) would reflect that floor, not the data.
+    """
+    constant = np.flatnonzero(y.max(axis=0) == y.min(axis=0))
+    if constant.size:
+        column = int(constant[0])
+        where = "" if y.shape[1] == 1 else f" column {column}"
+        raise ValueError(
+            f"`{name}`{where} is constant (every row is {float(y[0, column])!r}): its "
+            "conditional "
+            "distribution is a point mass, which a mixture density cannot represent. Drop "
+            "that output, or check that the right column was passed."
+        )
 
 
 def check_same_rows(X: np.ndarray, y: np.ndarray, x_name: str = "X", y_name: str = "y") -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import json
 import os
 import sys
@@ -123,25 +124,40 @@ def _read_csv(path: str) -> tuple[list[str], np.ndarray]:
     """Header + float matrix; any malformation is a UsageError naming the line."""
     if not os.path.isfile(path):
         raise UsageError(f"no such file: {path}")
-    with open(path, newline="") as stream:
-        rows = list(csv.reader(stream))
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as stream:
+            rows = list(csv.reader(stream, strict=True))
+    except UnicodeDecodeError:
+        raise UsageError(f"{path} is not a UTF-8 text CSV file") from None
+    except csv.Error as error:
+        raise UsageError(f"{path} is not a readable CSV file: {error}") from None
     rows = [row for row in rows if any(cell.strip() for cell in row)]
     if not rows:
         raise UsageError(f"{path} is empty; expected a header line and data rows")
     header = [name.strip() for name in rows[0]]
     if len(rows) < 2:
         raise UsageError(f"{path} has a header but no data rows")
+    blank = [index + 1 for index, name in enumerate(header) if not name]
+    if blank:
+        raise UsageError(f"{path} line 1: column(s) {blank} have no name")
+    repeated = sorted({name for name in header if header.count(name) > 1})
+    if repeated:
+        raise UsageError(f"{path} line 1: repeated column name(s) {repeated}")
     values = np.empty((len(rows) - 1, len(header)))
     for line, row in enumerate(rows[1:], start=2):
         if len(row) != len(header):
             raise UsageError(f"{path} line {line}: {len(row)} fields, expected {len(header)}")
         for column, cell in enumerate(row):
             try:
-                values[line - 2, column] = float(cell)
+                value = float(cell)
             except ValueError:
                 raise UsageError(
                     f"{path} line {line}, column {header[column]!r}: not a number: {cell!r}"
                 ) from None
+            if not np.isfinite(value):
+                raise UsageError(f"{path} line {line}, column {header[column]!r}: not a finite "
+                                 f"number: {cell!r} (drop or impute missing values first)")
+            values[line - 2, column] = value
     return header, values
 
 
@@ -158,21 +174,29 @@ def _fit(args: argparse.Namespace) -> None:
 
     import bayes_mdn as bm
 
+    if Path(args.out).is_dir():  # before the fit, not after it
+        raise UsageError(f"--out {args.out} is a directory; pass a file path such as "
+                         "fit.bmdn")
     header, values = _read_csv(args.csv)
     y_columns = _columns(header, args.y, args.csv)
     x_columns = (_columns(header, args.x, args.csv) if args.x
                  else [i for i in range(len(header)) if i not in y_columns])
     if not x_columns:
         raise UsageError("no input columns left; name them with --x")
-    hidden = tuple(int(width) for width in args.hidden.split(",") if width.strip())
+    try:
+        hidden = tuple(int(width) for width in args.hidden.split(",") if width.strip())
+    except ValueError:
+        raise UsageError(f"--hidden must be comma-separated layer widths such as 32,32; got "
+                         f"{args.hidden!r}") from None
     model = bm.MDN(num_components=args.components, hidden_sizes=hidden)
     posterior = model.fit(values[:, x_columns], values[:, y_columns],
                           key=jax.random.key(args.seed), method=args.method,
                           num_steps=args.num_steps, progress=True)
+    # The column names travel inside the saved file (Posterior.info), as for pandas input.
+    posterior = dataclasses.replace(posterior, info={
+        **posterior.info, "feature_names": [header[i] for i in x_columns],
+        "target_names": [header[i] for i in y_columns]})
     posterior.save(args.out)
-    with open(str(args.out) + ".columns.json", "w") as stream:
-        json.dump({"x": [header[i] for i in x_columns], "y": [header[i] for i in y_columns]},
-                  stream)
     print(f"saved {args.out}")
 
 
@@ -180,22 +204,29 @@ def _predict(args: argparse.Namespace) -> None:
     import bayes_mdn as bm
 
     posterior = bm.load(args.model)
-    columns_file = str(args.model) + ".columns.json"
     header, values = _read_csv(args.csv)
-    if os.path.isfile(columns_file):
+    x_names = posterior.info.get("feature_names")
+    columns_file = str(args.model) + ".columns.json"  # written by bayes_mdn 0.1.0 fits
+    if x_names is None and os.path.isfile(columns_file):
         with open(columns_file) as stream:
             x_names = json.load(stream)["x"]
+    if x_names is not None:
         x_columns = _columns(header, ",".join(x_names), args.csv)
-    else:
+    elif len(header) >= posterior.num_features:
         x_columns = list(range(posterior.num_features))
+    else:
+        raise UsageError(f"{args.csv} has {len(header)} columns; the model needs "
+                         f"{posterior.num_features} inputs")
     predictive = posterior.predictive(values[:, x_columns])
     levels = np.array([0.05, 0.5, 0.95])
     quantiles = predictive.quantiles(levels)
     mean = predictive.mean()
+    y_names = posterior.info.get("target_names") or [str(d) for d in
+                                                     range(posterior.num_outputs)]
     out_header = []
     out_columns = []
-    for d in range(posterior.num_outputs):
-        out_header += [f"mean_{d}", f"q05_{d}", f"median_{d}", f"q95_{d}"]
+    for d, y_name in enumerate(y_names):
+        out_header += [f"mean_{y_name}", f"q05_{y_name}", f"median_{y_name}", f"q95_{y_name}"]
         out_columns += [mean[:, d], quantiles[0, :, d], quantiles[1, :, d], quantiles[2, :, d]]
     table = np.column_stack(out_columns)
     np.savetxt(args.out, table, delimiter=",", header=",".join(out_header), comments="")
@@ -240,10 +271,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     handlers = {"demo": _demo, "fit": _fit, "predict": _predict}
     try:
         handlers[args.command](args)
-    except (UsageError, ValueError, TypeError, FileNotFoundError) as error:
-        print(f"bayes-mdn {args.command}: error: {error}", file=sys.stderr)
+    except (UsageError, ValueError, TypeError, OSError) as error:
+        print(f"bayes-mdn {args.command}: error: {_one_line(error)}", file=sys.stderr)
         return 2
+    except FloatingPointError as error:  # a fit that diverged: not the input's form
+        print(f"bayes-mdn {args.command}: error: {_one_line(error)}", file=sys.stderr)
+        return 1
     return 0
+
+
+def _one_line(error: BaseException) -> str:
+    return " ".join(str(error).split())
 
 
 if __name__ == "__main__":

@@ -33,7 +33,7 @@ from bayes_mdn.model import MDN
 from bayes_mdn.posterior import Posterior
 from bayes_mdn.scaling import Standardizer
 
-__all__ = ["FORMAT_NAME", "FORMAT_VERSION", "load", "save"]
+__all__ = ["FORMAT_NAME", "FORMAT_VERSION", "load", "read_archive", "save", "write_archive"]
 
 FORMAT_NAME = "bayes_mdn.posterior"
 FORMAT_VERSION = 1
@@ -88,6 +88,17 @@ def save(posterior: Posterior, path: str | os.PathLike) -> None:
         "versions": {name: _version(name) for name in ("bayes-mdn", "jax", "numpyro")},
         "arrays": sorted(arrays),
     }
+    write_archive(destination, metadata, arrays)
+
+
+def write_archive(destination: Path, metadata: dict[str, Any],
+                  arrays: dict[str, np.ndarray]) -> None:
+    """Write ``metadata.json`` + one ``.npy`` per array to a ZIP file, atomically.
+
+    The archive is written to a temporary file in the destination's folder, flushed to disk,
+    then renamed over `destination` with ``os.replace``; on any error the temporary file is
+    removed and an existing `destination` is left untouched.
+    """
     handle, temporary = tempfile.mkstemp(dir=destination.parent or ".", prefix=".bmdn-",
                                          suffix=".tmp")
     try:
@@ -97,11 +108,16 @@ def save(posterior: Posterior, path: str | os.PathLike) -> None:
                                                        default=_json_default))
                 for name, array in arrays.items():
                     buffer = io.BytesIO()
-                    np.lib.format.write_array(buffer, np.ascontiguousarray(array),
+                    # (np.ascontiguousarray would turn a 0-d array into shape (1,).)
+                    np.lib.format.write_array(buffer, np.asarray(array, order="C"),
                                               allow_pickle=False)
                     archive.writestr(f"{name}.npy", buffer.getvalue())
             stream.flush()
             os.fsync(stream.fileno())
+        # mkstemp creates the file readable by its owner only; give it the permissions of
+        # the file it replaces, or the usual rw-r--r--.
+        mode = destination.stat().st_mode & 0o777 if destination.exists() else 0o644
+        os.chmod(temporary, mode)
         os.replace(temporary, destination)
     except BaseException:
         if os.path.exists(temporary):
@@ -109,20 +125,37 @@ def save(posterior: Posterior, path: str | os.PathLike) -> None:
         raise
 
 
-def _read_archive(path: Path) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+#: What each file format is for, to say so when one is passed where the other is expected.
+_KINDS = {FORMAT_NAME: "a saved posterior: load it with bayes_mdn.load",
+          "bayes_mdn.checkpoint": "a fit checkpoint: continue it with fit(..., resume=path)"}
+
+
+def read_archive(path: Path, format_name: str = FORMAT_NAME, format_version: int = FORMAT_VERSION
+                 ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """Read and check an archive written by :func:`write_archive`.
+
+    Raises
+    ------
+    ValueError
+        If the file is not a ZIP archive of the expected format and version, or is
+        truncated or corrupted (every member is CRC-checked).
+    """
+    kind = "posterior" if format_name == FORMAT_NAME else "checkpoint"
     try:
         with zipfile.ZipFile(path, "r") as archive:
             names = set(archive.namelist())
             if _METADATA not in names:
                 raise ValueError(f"{str(path)!r} is not a bayes_mdn file (no {_METADATA}).")
             metadata = json.loads(archive.read(_METADATA).decode("utf-8"))
-            if not isinstance(metadata, dict) or metadata.get("format") != FORMAT_NAME:
-                raise ValueError(f"{str(path)!r} is not a bayes_mdn posterior file.")
+            found = metadata.get("format") if isinstance(metadata, dict) else None
+            if found != format_name:
+                other = f" It is {_KINDS[found]}." if found in _KINDS else ""
+                raise ValueError(f"{str(path)!r} is not a bayes_mdn {kind} file.{other}")
             version = metadata.get("format_version")
-            if version != FORMAT_VERSION:
+            if version != format_version:
                 raise ValueError(
                     f"{str(path)!r} has format version {version!r}; this bayes_mdn reads "
-                    f"version {FORMAT_VERSION}. Upgrade bayes_mdn to load newer files."
+                    f"version {format_version}. Upgrade bayes_mdn to load newer files."
                 )
             arrays = {}
             for name in metadata["arrays"]:
@@ -168,7 +201,7 @@ def load(path: str | os.PathLike) -> Posterior:
     source = Path(path)
     if not source.is_file():
         raise FileNotFoundError(f"No bayes_mdn file at {str(source)!r}.")
-    metadata, arrays = _read_archive(source)
+    metadata, arrays = read_archive(source)
 
     def group(prefix: str) -> dict[str, np.ndarray]:
         return {name[len(prefix) + 1:]: value for name, value in arrays.items()

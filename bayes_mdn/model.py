@@ -14,6 +14,7 @@ import numpyro.distributions as dist
 from bayes_mdn import network
 from bayes_mdn._validation import check_positive_int
 from bayes_mdn.families import Family, family_from_config, resolve_family
+from bayes_mdn.feature_networks import network_from_config, resolve_network
 from bayes_mdn.priors import Site, prior_from_config, resolve_prior
 
 if TYPE_CHECKING:
@@ -46,6 +47,10 @@ class MDN:
         Component family, e.g. ``"normal"`` or ``bayes_mdn.families.Normal(min_scale=1e-3)``.
     prior : Prior, dict, callable or None
         Weight priors; see :mod:`bayes_mdn.priors`. ``None`` means ``FanInNormal()``.
+    network : flax.linen.Module or equinox.Module, optional
+        A feature network run on the standardised inputs before the hidden layers (use
+        ``hidden_sizes=()`` to put the heads straight on its features). Its arrays get
+        priors like every other site; see :mod:`bayes_mdn.feature_networks`.
 
     Examples
     --------
@@ -60,6 +65,7 @@ class MDN:
     activation: str = "tanh"
     family: Family | str = "normal"
     prior: Any = field(default=None)
+    network: Any = field(default=None)
 
     def __post_init__(self) -> None:
         check_positive_int(self.num_components, "num_components")
@@ -85,6 +91,7 @@ class MDN:
         object.__setattr__(self, "activation", activation)
         object.__setattr__(self, "family", resolve_family(self.family))
         object.__setattr__(self, "prior", resolve_prior(self.prior))
+        object.__setattr__(self, "network", resolve_network(self.network))
 
     # ----------------------------------------------------------------------------- structure
     def head_sizes(self, num_outputs: int) -> dict[str, int]:
@@ -95,12 +102,16 @@ class MDN:
         return sizes
 
     def layout(self, num_features: int, num_outputs: int) -> tuple[network.Layer, ...]:
-        """Dense layers for P = `num_features` inputs and D = `num_outputs` outputs."""
-        return network.layer_layout(num_features, self.hidden_sizes, self.head_sizes(num_outputs))
+        """Dense layers for P = `num_features` inputs and D = `num_outputs` outputs.
+
+        With a custom feature network the first dense layer reads its H features instead.
+        """
+        width = num_features if self.network is None else self.network.feature_size(num_features)
+        return network.layer_layout(width, self.hidden_sizes, self.head_sizes(num_outputs))
 
     def sites(self, num_features: int, num_outputs: int) -> tuple[Site, ...]:
         """Every parameter site with its shape, fan-in and role, in network order."""
-        sites = []
+        sites = [] if self.network is None else list(self.network.sites(num_features))
         for layer in self.layout(num_features, num_outputs):
             sites.append(Site(f"{layer.name}.kernel", (layer.fan_in, layer.fan_out), layer.fan_in,
                               "kernel"))
@@ -116,10 +127,14 @@ class MDN:
 
         For most priors these are the weight sites themselves; hierarchical priors add
         non-centred latents (e.g. ``"hidden_0.kernel.z"`` and ``"hidden_0.kernel.tau"``).
+        Families may add their own sites last (e.g. ``"family.df"`` of
+        ``StudentT(df="global")``).
         """
         sites = self.sites(num_features, num_outputs)
+        latents = {**self.prior.latent_distributions(sites),
+                   **self.family.latent_distributions(num_outputs)}
         return {name: tuple(prior.batch_shape) + tuple(prior.event_shape)
-                for name, prior in self.prior.latent_distributions(sites).items()}
+                for name, prior in latents.items()}
 
     def network_weights(self, latents: Mapping[str, jax.Array], num_features: int,
                         num_outputs: int) -> dict[str, jax.Array]:
@@ -128,8 +143,11 @@ class MDN:
 
     def initial_latents(self, weights: Mapping[str, jax.Array], num_features: int,
                         num_outputs: int) -> dict[str, jax.Array]:
-        """Latent values reproducing network `weights` (one draw, no draw axes)."""
-        return self.prior.initial_latents(self.sites(num_features, num_outputs), weights)
+        """Latent values reproducing network `weights` (one draw, no draw axes), plus the
+        family's own sites at their starting values."""
+        latents = self.prior.initial_latents(self.sites(num_features, num_outputs), weights)
+        dtype = next(iter(weights.values())).dtype
+        return {**latents, **self.family.initial_latents(num_outputs, dtype)}
 
     # ----------------------------------------------------------------------------- maths
     def mixture(
@@ -156,13 +174,18 @@ class MDN:
         num_outputs = y_scale.shape[-1]
         layout = self.layout(X_std.shape[-1], num_outputs)
         weights = self.network_weights(params, X_std.shape[-1], num_outputs)
-        raw = network.apply(weights, X_std, layout, self.activation)
+        inputs = X_std if self.network is None else self.network.apply(weights, X_std)
+        raw = network.apply(weights, inputs, layout, self.activation)
         log_weights = jax.nn.log_softmax(raw[LOGITS], axis=-1)
         batch = X_std.shape[:-1]
         heads = {
             name: raw[name].reshape(*batch, self.num_components, width)
             for name, width in self.family.head_dims(num_outputs).items()
         }
+        family_sites = self.family.latent_distributions(num_outputs)
+        if family_sites:
+            latents = {name: params[name] for name in family_sites}
+            return log_weights, self.family.constrain(heads, y_scale, latents)
         return log_weights, self.family.constrain(heads, y_scale)
 
     def numpyro_model(
@@ -189,6 +212,8 @@ class MDN:
         params = {}
         for site in self.sites(num_features, y_scale.shape[-1]):
             params.update(self.prior.sample(site))
+        for name, prior in self.family.latent_distributions(y_scale.shape[-1]).items():
+            params[name] = numpyro.sample(name, prior)
         with numpyro.plate("data", num_rows, subsample_size=subsample_size) as index:
             X_batch = X_std if subsample_size is None else X_std[index]
             y_batch = y_std if (y_std is None or subsample_size is None) else y_std[index]
@@ -207,9 +232,12 @@ class MDN:
         Parameters
         ----------
         X : array-like, shape (N, P)
-            Inputs (NumPy, JAX or pandas). Standardised internally.
+            Inputs (NumPy, JAX or pandas; a DataFrame's column names are recorded in
+            ``Posterior.info["feature_names"]``). Standardised internally; a constant column
+            is kept (it carries no information). At least 2 rows.
         y : array-like, shape (N,) or (N, D)
-            Targets. Standardised internally for location-scale families.
+            Targets. Standardised internally for location-scale families, for which a
+            constant output column is refused (a point mass has no density to fit).
         key : PRNG key
             E.g. ``jax.random.key(0)``. The same key gives bit-identical results.
         method : str
@@ -218,11 +246,19 @@ class MDN:
             the MAP point) or ``"nuts"`` (multi-chain NUTS). See :mod:`bayes_mdn.inference`.
         **options
             Method options such as ``num_steps``, ``learning_rate``, ``init`` (a fitted
-            Posterior to start from), ``num_chains``, ``X_test``/``y_test``.
+            Posterior to start from), ``num_chains``, ``X_test``/``y_test``, and
+            ``checkpoint=path, checkpoint_every=n`` / ``resume=path`` to save and continue
+            long runs (see :mod:`bayes_mdn.inference._checkpoint`).
 
         Returns
         -------
         Posterior
+
+        Raises
+        ------
+        ValueError, TypeError
+            Before anything is compiled, for invalid data (non-finite values, wrong shapes or
+            dtypes, fewer than 2 rows, a constant target) or options.
         """
         from bayes_mdn.inference import fit
 
@@ -237,6 +273,7 @@ class MDN:
             "activation": self.activation,
             "family": self.family.to_config(),
             "prior": self.prior.to_config(),
+            "network": None if self.network is None else self.network.to_config(),
         }
 
     @classmethod
@@ -248,5 +285,6 @@ class MDN:
             activation=str(config["activation"]),
             family=family_from_config(config["family"]),
             prior=prior_from_config(config["prior"]),
+            network=network_from_config(config.get("network")),
         )
 

@@ -17,8 +17,12 @@ if TYPE_CHECKING:
 
 __all__ = [
     "plot_conditional_density",
+    "plot_coverage",
+    "plot_elbo",
     "plot_mixture",
+    "plot_pit",
     "plot_predictive_samples",
+    "plot_rank",
     "plot_training_curves",
 ]
 
@@ -30,6 +34,14 @@ def _axes(ax: Axes | None, figsize: tuple[float, float] = (6.0, 4.0)) -> Axes:
 
     _, ax = plt.subplots(figsize=figsize)
     return ax
+
+
+def _axis_names(posterior: Posterior) -> tuple[str, str]:
+    """Labels of the first input and output: the pandas column names seen at fit time
+    (``info["feature_names"]``, ``info["target_names"]``), else "x" and "y"."""
+    features = posterior.info.get("feature_names") or ["x"]
+    targets = posterior.info.get("target_names") or ["y"]
+    return str(features[0]), str(targets[0])
 
 
 def _require_one_output(num_outputs: int, what: str) -> None:
@@ -154,8 +166,9 @@ def plot_predictive_samples(posterior: Posterior, X: Any, *, key: jax.Array,
     x = np.broadcast_to(inputs[:, 0], samples.shape[:2]).reshape(-1)
     ax = _axes(ax)
     ax.hexbin(x, samples[..., 0].reshape(-1), gridsize=gridsize, cmap="Blues", mincnt=1)
-    ax.set_xlabel("x")
-    ax.set_ylabel("sampled y")
+    x_name, y_name = _axis_names(posterior)
+    ax.set_xlabel(x_name)
+    ax.set_ylabel(f"sampled {y_name}")
     return ax
 
 
@@ -204,7 +217,314 @@ def plot_conditional_density(posterior: Posterior, *, x_range: tuple[float, floa
         ax.scatter(X_data[::step], y_data[::step], s=3, color="cyan", alpha=0.5,
                    label="data")
         ax.legend(loc="upper left")
-    ax.set_xlabel("x")
-    ax.set_ylabel("y")
+    x_name, y_name = _axis_names(posterior)
+    ax.set_xlabel(x_name)
+    ax.set_ylabel(y_name)
     return ax
 
+
+
+def _binomial_interval(num_trials: int, probability: float, level: float
+                       ) -> tuple[int, int]:
+    """Central `level` interval of Binomial(num_trials, probability) counts (exact)."""
+    counts = np.arange(num_trials + 1, dtype=np.float64)
+    log_choose = np.concatenate(
+        [[0.0], np.cumsum(np.log((num_trials - counts[1:] + 1) / counts[1:]))])
+    log_pmf = (log_choose + counts * np.log(probability)
+               + (num_trials - counts) * np.log1p(-probability))
+    cdf = np.cumsum(np.exp(log_pmf - log_pmf.max()))
+    cdf /= cdf[-1]
+    lower = int(np.searchsorted(cdf, (1 - level) / 2))
+    upper = int(np.searchsorted(cdf, (1 + level) / 2))
+    return lower, min(upper, num_trials)
+
+
+def plot_pit(pred_or_pit_values: PredictiveMixture | Any, y: Any = None, *, bins: int = 20,
+             output: int | None = None, key: jax.Array | None = None, band: float = 0.99,
+             ax: Axes | None = None) -> Axes:
+    """Histogram of PIT values with the band a uniform sample would stay inside.
+
+    Under calibration the PIT values (:func:`bayes_mdn.metrics.pit`) are uniform, so every
+    bar should lie near 1 (the dashed line): a U shape means an over-confident
+    (too narrow) predictive, a hump an under-confident one, a slope a biased one. The grey
+    band holds each bar's height with probability `band` under uniformity (exact binomial
+    quantiles of one bin's count; with many bins a few bars outside it are expected).
+
+    Parameters
+    ----------
+    pred_or_pit_values : PredictiveMixture or array-like of shape (N,) or (N, D)
+        A predictive (then pass `y`) or PIT values in [0, 1].
+    y : array-like, shape (N,) or (N, D), optional
+        Targets, required with a predictive.
+    bins : int
+        Equal-width bins on [0, 1] (at least 2).
+    output : int, optional
+        Which output's PIT values to draw; default all outputs pooled.
+    key : PRNG key, optional
+        For the randomised PIT of a discrete family.
+    band : float
+        Probability of the uniform band, strictly between 0 and 1.
+    ax : matplotlib Axes, optional
+
+    Returns
+    -------
+    matplotlib.axes.Axes
+    """
+    from bayes_mdn import metrics
+    from bayes_mdn.predictive import PredictiveMixture
+
+    if isinstance(pred_or_pit_values, PredictiveMixture):
+        if y is None:
+            raise ValueError("plot_pit() needs the targets `y` when given a PredictiveMixture; "
+                             "pass plot_pit(pred, y_test).")
+        values = metrics.pit(pred_or_pit_values, y, key=key)
+    else:
+        if y is not None:
+            raise ValueError("`y` is used only with a PredictiveMixture; PIT values need no "
+                             "targets. Pass plot_pit(pit_values) or plot_pit(pred, y).")
+        values = as_targets(pred_or_pit_values, "pit_values")
+        if np.any((values < 0) | (values > 1)):
+            raise ValueError("PIT values must lie in [0, 1]; compute them with "
+                             "bayes_mdn.metrics.pit(pred, y).")
+    bins = check_positive_int(bins, "bins", minimum=2)
+    if isinstance(band, bool) or not isinstance(band, (float, int, np.floating)) or not (
+            0 < band < 1):
+        raise ValueError(f"`band` must be a probability strictly between 0 and 1, e.g. 0.99; "
+                         f"got {band!r}.")
+    if output is None:
+        selected = values.reshape(-1)
+    else:
+        if isinstance(output, bool) or not isinstance(output, (int, np.integer)) or not (
+                0 <= output < values.shape[1]):
+            raise ValueError(f"`output` must be an integer in [0, {values.shape[1] - 1}] or "
+                             f"None (all outputs pooled); got {output!r}.")
+        selected = values[:, int(output)]
+    num_values = selected.size
+    low, high = _binomial_interval(num_values, 1.0 / bins, float(band))
+    ax = _axes(ax)
+    ax.hist(selected, bins=np.linspace(0.0, 1.0, bins + 1), density=True, color="C0",
+            alpha=0.85, edgecolor="white", label="PIT")
+    ax.axhspan(low * bins / num_values, high * bins / num_values, color="0.5", alpha=0.3,
+               label=f"{band:.0%} band if uniform")
+    ax.axhline(1.0, color="k", linestyle="--", linewidth=1, label="uniform")
+    ax.set_xlim(0.0, 1.0)
+    ax.set_xlabel("PIT value")
+    ax.set_ylabel("density")
+    ax.legend()
+    return ax
+
+
+#: Default levels of :func:`plot_coverage`: 0.05, 0.10, ..., 0.95.
+_RELIABILITY_LEVELS = tuple(np.round(np.linspace(0.05, 0.95, 19), 2).tolist())
+
+
+def plot_coverage(pred_or_coverage: PredictiveMixture | Any, y: Any = None,
+                  levels: Any = _RELIABILITY_LEVELS, *, kind: str = "central",
+                  ax: Axes | None = None) -> Axes:
+    """Reliability curve: empirical coverage of the predictive regions against their level.
+
+    A calibrated predictive follows the diagonal, within the shaded band of two binomial
+    standard errors; below it the regions are too narrow (over-confident), above it too
+    wide.
+
+    Parameters
+    ----------
+    pred_or_coverage : PredictiveMixture or bayes_mdn.metrics.Coverage
+        A predictive (then pass `y`), or a result of :func:`bayes_mdn.metrics.coverage`.
+    y : array-like, shape (N,) or (N, D), optional
+        Targets, required with a predictive.
+    levels : array-like, shape (L,)
+        Nominal levels strictly between 0 and 1 (ignored for a Coverage); default 0.05,
+        0.10, ..., 0.95.
+    kind : {"central", "hdr"}
+        Region type (see :func:`bayes_mdn.metrics.coverage`; ignored for a Coverage).
+    ax : matplotlib Axes, optional
+
+    Returns
+    -------
+    matplotlib.axes.Axes
+        One line per output (D > 1) or a single "empirical" line, plus the diagonal.
+    """
+    from bayes_mdn import metrics
+    from bayes_mdn.predictive import PredictiveMixture
+
+    if isinstance(pred_or_coverage, metrics.Coverage):
+        if y is not None:
+            raise ValueError("`y` is used only with a PredictiveMixture; a Coverage result "
+                             "already holds the empirical coverage.")
+        result = pred_or_coverage
+    elif isinstance(pred_or_coverage, PredictiveMixture):
+        if y is None:
+            raise ValueError("plot_coverage() needs the targets `y` when given a "
+                             "PredictiveMixture; pass plot_coverage(pred, y_test).")
+        result = metrics.coverage(pred_or_coverage, y, levels, kind=kind)
+    else:
+        raise TypeError(f"plot_coverage() takes a PredictiveMixture or a "
+                        f"bayes_mdn.metrics.Coverage; got {type(pred_or_coverage).__name__}.")
+    order = np.argsort(result.levels)
+    nominal = result.levels[order]
+    spread = 2 * result.standard_error[order]
+    ax = _axes(ax, figsize=(4.5, 4.5))
+    ax.fill_between(nominal, np.clip(nominal - spread, 0, 1), np.clip(nominal + spread, 0, 1),
+                    color="0.5", alpha=0.3, label="±2 s.e. if calibrated")
+    ax.plot([0.0, 1.0], [0.0, 1.0], color="k", linestyle="--", linewidth=1, label="ideal")
+    if result.per_output.shape[1] == 1:
+        ax.plot(nominal, result.per_output[order, 0], "o-", color="C0", label="empirical")
+    else:
+        for column in range(result.per_output.shape[1]):
+            ax.plot(nominal, result.per_output[order, column], "o-", label=f"output {column}")
+    ax.set_xlim(0.0, 1.0)
+    ax.set_ylim(0.0, 1.0)
+    ax.set_aspect("equal")
+    ax.set_xlabel(f"nominal level ({result.kind} regions)")
+    ax.set_ylabel("empirical coverage")
+    ax.legend(loc="upper left")
+    return ax
+
+
+RANK_QUANTITIES = ("log_density", "median", "effective_components")
+
+
+def plot_rank(posterior: Posterior, quantity: str = "log_density", *, X: Any = None,
+              y: Any = None, point: int | None = None, num_bins: int | None = None,
+              ax: Axes | None = None) -> Axes:
+    """Rank plot of a function-space quantity: one rank histogram per chain.
+
+    All C x S draws are ranked together; if the chains sample the same distribution, every
+    chain's ranks are uniform (flat bars at the dashed line). A chain stuck in its own mode
+    piles its ranks at one end. Unlike rank plots of raw weights, this is not fooled by
+    permuted hidden units or components (see :mod:`bayes_mdn.diagnostics`).
+
+    Parameters
+    ----------
+    posterior : Posterior
+    quantity : str
+        ``"log_density"`` (log density of the reference targets, summed over the reference
+        points, or at `point`), ``"median"`` (each draw's predictive median of the first
+        output, averaged over the reference inputs, or at `point`) or
+        ``"effective_components"``.
+    X, y : array-like, optional
+        Reference data, shapes (N, P) and (N,) or (N, D); default the training rows stored at
+        fit time (see :func:`bayes_mdn.diagnostics.function_space_draws`).
+    point : int, optional
+        Index of one reference point instead of the sum or average.
+    num_bins : int, optional
+        Histogram bins (default: about one per 5 draws per chain, at most 20).
+    ax : matplotlib Axes, optional
+
+    Returns
+    -------
+    matplotlib.axes.Axes
+    """
+    from bayes_mdn._arviz import rhat_ess
+    from bayes_mdn._validation import check_choice
+    from bayes_mdn.diagnostics import QUANTILE_LEVELS, function_space_draws
+
+    quantity = check_choice(quantity, "quantity", RANK_QUANTITIES)
+    values = function_space_draws(posterior, X, y)
+    if quantity == "log_density":
+        if "log_density" not in values:
+            raise ValueError("plot_rank(quantity='log_density') needs reference targets: pass "
+                             "X and y, or use quantity='median'.")
+        per_point = values["log_density"]  # (C, S, M)
+    elif quantity == "median":
+        per_point = values["quantiles"][:, :, QUANTILE_LEVELS.index(0.5), :, 0]  # (C, S, M)
+    else:
+        per_point = values["effective_components"][..., None]
+    num_points = per_point.shape[-1]
+    if point is not None:
+        if isinstance(point, bool) or not isinstance(point, (int, np.integer)):
+            raise TypeError(f"`point` must be an integer index; got {point!r}.")
+        if not -num_points <= point < num_points:
+            raise ValueError(f"`point`={point} is out of range for {num_points} reference "
+                             f"points; pass 0 to {num_points - 1}.")
+        scalar = per_point[..., point]
+    elif quantity == "log_density":
+        scalar = per_point.sum(axis=-1)
+    else:
+        scalar = per_point.mean(axis=-1)
+    chains, draws = scalar.shape
+    if num_bins is None:
+        num_bins = max(1, min(20, draws // 5))
+    num_bins = check_positive_int(num_bins, "num_bins")
+    flat = scalar.reshape(-1)
+    ranks = np.empty(flat.size)
+    ranks[np.argsort(flat, kind="stable")] = np.arange(flat.size)
+    ranks = ranks.reshape(chains, draws)
+    edges = np.linspace(0, flat.size, num_bins + 1)
+    ax = _axes(ax)
+    expected = draws / num_bins
+    height = 0.9 / max(expected, 1e-12)
+    for chain in range(chains):
+        counts, _ = np.histogram(ranks[chain], bins=edges)
+        ax.bar(edges[:-1], counts * height / 2, width=np.diff(edges), bottom=chain,
+               align="edge", color=f"C{chain % 10}", alpha=0.8, edgecolor="white")
+        ax.axhline(chain + expected * height / 2, color="k", linestyle="--", linewidth=0.8)
+    ax.set_yticks(np.arange(chains))
+    ax.set_yticklabels([str(chain) for chain in range(chains)])
+    ax.set_ylabel("chain")
+    ax.set_xlabel(f"rank of {quantity} among all {flat.size} draws")
+    title = f"Rank plot: {quantity}" + ("" if point is None else f" at point {point}")
+    if chains >= 2 and draws >= 4:
+        rhat = float(rhat_ess({"q": scalar})["rhat"]["q"])
+        if np.isfinite(rhat):
+            title += f" (R-hat {rhat:.3f})"
+    ax.set_title(title)
+    return ax
+
+
+def plot_elbo(posterior: Posterior, *, start: int | None = None, ax: Axes | None = None
+              ) -> Axes:
+    """The optimisation objective against the step: the ELBO of an SVI fit, minus the loss of
+    a MAP or ensemble fit (of the MAP stage for Laplace), with its running mean.
+
+    The last 10 % of the steps is shaded: :func:`bayes_mdn.diagnostics.objective_trend`
+    compares its two halves to decide whether the objective is still improving.
+
+    Parameters
+    ----------
+    posterior : Posterior
+    start : int, optional
+        First step drawn; default skips the first 5 % of the steps, whose much lower values
+        would squash the rest of the curve.
+    ax : matplotlib Axes, optional
+
+    Returns
+    -------
+    matplotlib.axes.Axes
+    """
+    history = posterior.history
+    if "elbo" in history:
+        label, trace = "ELBO", np.asarray(history["elbo"], np.float64)
+    elif "loss" in history:
+        label, trace = "-loss", -np.asarray(history["loss"], np.float64)
+    elif "map_loss" in history:
+        label, trace = "-loss (MAP stage)", -np.asarray(history["map_loss"], np.float64)
+    else:
+        raise ValueError(f"This {posterior.method!r} fit recorded no optimisation trace; "
+                         "plot_elbo shows fits with method='svi' (ELBO) or 'map', 'ensemble' "
+                         "or 'laplace' (minus the loss).")
+    if trace.ndim > 1:
+        trace = trace.mean(axis=tuple(range(trace.ndim - 1)))
+    num_steps = trace.size
+    if start is None:
+        start = num_steps // 20
+    start = check_positive_int(start, "start", minimum=0)
+    if start >= num_steps:
+        raise ValueError(f"`start`={start} leaves nothing to draw: the fit ran {num_steps} "
+                         "steps.")
+    steps = np.arange(1, num_steps + 1)
+    window = max(1, num_steps // 100)
+    smooth = np.convolve(trace, np.ones(window) / window, mode="valid")
+    ax = _axes(ax)
+    ax.plot(steps[start:], trace[start:], color="C0", alpha=0.3, linewidth=0.8, label=label)
+    smooth_steps = steps[window - 1:]
+    shown = smooth_steps > start
+    ax.plot(smooth_steps[shown], smooth[shown], color="C0",
+            label=f"running mean ({window} steps)")
+    ax.axvspan(num_steps - num_steps // 10, num_steps, color="0.5", alpha=0.2,
+               label="last 10 %")
+    ax.set_xlabel("step")
+    ax.set_ylabel(label)
+    ax.legend(loc="lower right")
+    return ax

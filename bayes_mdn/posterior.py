@@ -7,15 +7,20 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jax
 import numpy as np
 
-from bayes_mdn._validation import as_features, check_positive_int
+from bayes_mdn._validation import as_features, check_column_names, check_positive_int
 from bayes_mdn.model import MDN
 from bayes_mdn.predictive import DEFAULT_MAX_ELEMENTS, PredictiveMixture
 from bayes_mdn.scaling import Standardizer
+
+if TYPE_CHECKING:
+    import arviz
+
+    from bayes_mdn.diagnostics import Summary
 
 __all__ = ["Posterior"]
 
@@ -40,7 +45,7 @@ class Posterior:
     method : str
         ``"map"``, ``"ensemble"``, ``"svi"``, ``"laplace"`` or ``"nuts"``.
     draws : mapping of str to Array
-        One entry per parameter site, shape (C, S, *site_shape): C chains of S draws.
+        One entry per parameter site, shape ``(C, S, *site_shape)``: C chains of S draws.
         MAP is (1, 1, ...); an ensemble, SVI and Laplace are (1, S, ...).
     standardizer : Standardizer
         The shifts and scales learned from the training data.
@@ -51,7 +56,9 @@ class Posterior:
         (and ``test_log_likelihood`` with held-out data) as one-entry arrays; Laplace keeps
         its MAP stage's traces as ``map_*``.
     info : mapping of str to Any
-        JSON-serialisable facts: ``fit_seconds``, options used, library versions.
+        JSON-serialisable facts: ``fit_seconds``, options used, library versions, and for
+        pandas inputs ``feature_names`` / ``target_names`` (the column names; a DataFrame
+        passed to :meth:`predictive` must then have the same columns in the same order).
     sample_stats : mapping of str to numpy.ndarray
         Per-draw sampler statistics, each (C, S): for NUTS ``diverging``, ``tree_depth``,
         ``num_steps`` (leapfrog steps), ``step_size``, ``accept_prob``, ``energy``,
@@ -99,7 +106,7 @@ class Posterior:
         return int(next(iter(self.draws.values())).shape[1])
 
     def flat_draws(self) -> dict[str, jax.Array]:
-        """Draws with chains and draws merged: each site (C * S, *site_shape)."""
+        """Draws with chains and draws merged: each site ``(C * S, *site_shape)``."""
         return {name: value.reshape(-1, *value.shape[2:]) for name, value in self.draws.items()}
 
     def thin(self, step: int | None = None, *, num_draws: int | None = None) -> Posterior:
@@ -168,6 +175,7 @@ class Posterior:
             Batch shape (M,), event shape (D,).
         """
         X_checked = as_features(X, "X", num_features=self.num_features)
+        check_column_names(X, self.info.get("feature_names"), "X")
         max_elements = check_positive_int(max_elements, "max_elements")
         draws = self.flat_draws()
         if num_draws is not None:
@@ -187,17 +195,30 @@ class Posterior:
         )
 
     # ----------------------------------------------------------------------- reporting
-    def summary(self) -> dict[str, Any]:
-        """A short report of the fit: method, draws, timing, and the final training figures.
+    def summary(self) -> Summary:
+        """A report of the fit: method, draws, timing, training figures and diagnostics.
+
+        The diagnostics are those of :func:`bayes_mdn.diagnostics.diagnose` (function-space
+        R-hat and ESS, divergences, Pareto k, objective trend, component collapse) at the
+        reference inputs stored at fit time; their warnings are listed, not emitted (call
+        ``diagnose`` for :class:`~bayes_mdn.diagnostics.ConvergenceWarning`).
 
         Returns
         -------
-        dict
-            Keys ``method``, ``num_chains``, ``num_draws``, ``num_parameters``,
-            ``fit_seconds`` and, where recorded, ``final_loss``,
-            ``train_log_likelihood``, ``test_log_likelihood``, and for NUTS
-            ``num_divergent`` and ``mean_tree_depth``.
+        bayes_mdn.diagnostics.Summary
+            A dict that prints as a text report (``print(post.summary())``), with
+            ``to_dict()`` and ``to_dataframe()``. Keys ``method``, ``num_chains``,
+            ``num_draws``, ``num_parameters``, ``fit_seconds`` and, where recorded,
+            ``final_loss``, ``train_log_likelihood``, ``test_log_likelihood``, and for NUTS
+            ``num_divergent`` and ``mean_tree_depth``; then ``num_components``,
+            ``num_reference_points``, ``max_rhat``, ``min_ess_bulk``, ``min_ess_tail``,
+            ``fraction_max_tree_depth``, ``effective_components``, ``dead_components``,
+            ``scale_floor_fraction``, ``pareto_k``, ``objective_still_improving``,
+            ``objective_improvement_per_row`` (None where not applicable) and ``warnings``
+            (list of str).
         """
+        from bayes_mdn.diagnostics import Summary, diagnose
+
         report: dict[str, Any] = {
             "method": self.method,
             "num_chains": self.num_chains,
@@ -214,7 +235,50 @@ class Posterior:
             report["num_divergent"] = int(self.sample_stats["diverging"].sum())
         if "tree_depth" in self.sample_stats:
             report["mean_tree_depth"] = float(self.sample_stats["tree_depth"].mean())
-        return report
+        report.update(diagnose(self, warn=False).summary_fields())
+        return Summary(report)
+
+    def to_arviz(self, X: Any = None, y: Any = None, *, key: jax.Array | None = None,
+                 max_elements: int = DEFAULT_MAX_ELEMENTS) -> arviz.InferenceData:
+        """The posterior as :class:`arviz.InferenceData`, for ``az.summary``, ``az.loo``,
+        ``az.waic``, ``az.compare``, ``az.plot_ppc``, ``az.plot_loo_pit``, ...
+
+        Parameters
+        ----------
+        X : array-like, shape (N, P), optional
+            Inputs, usually the training inputs: stored as ``constant_data`` ``X``.
+        y : array-like, shape (N,) or (N, D), optional
+            Targets of the rows of `X`: stored as ``observed_data`` ``y``, and their
+            pointwise log-likelihood as ``log_likelihood`` ``y``.
+        key : PRNG key, optional
+            With `X`, draws ``posterior_predictive`` ``y``: one replicate per posterior draw
+            and row (omitted without a key, since drawing needs randomness).
+        max_elements : int
+            Memory bound: (row, draw, component, output) terms evaluated at once.
+
+        Returns
+        -------
+        arviz.InferenceData
+            * ``posterior``: every parameter site (chain, draw, ``<site>_dim_0``, ...),
+              e.g. ``hidden_0.kernel`` with dims ``hidden_0.kernel_dim_0``/``_dim_1``;
+            * ``sample_stats`` (NUTS): ``diverging``, ``tree_depth``, ``step_size``,
+              ``energy``, ``acceptance_rate``, ``lp`` (minus the potential energy, in
+              standardised units) and ``n_steps``;
+            * ``log_likelihood``: ``y`` (chain, draw, obs), ``log p(y_n | x_n, theta)`` of
+              each row in the original units of y (joint over the D outputs);
+            * ``observed_data``: ``y`` (obs) for D = 1, (obs, output) otherwise;
+            * ``posterior_predictive``: ``y`` (chain, draw, obs[, output]);
+            * ``constant_data``: ``X`` (obs, feature).
+
+        Raises
+        ------
+        ValueError
+            For a single-draw fit (``method="map"``): LOO, WAIC, R-hat and predictive
+            checks need posterior draws.
+        """
+        from bayes_mdn._arviz import to_arviz
+
+        return to_arviz(self, X, y, key=key, max_elements=max_elements)
 
     # ----------------------------------------------------------------------- persistence
     def save(self, path: str | os.PathLike) -> None:

@@ -24,9 +24,22 @@ def to_compute(array: Any) -> jax.Array:
     return jnp.asarray(np.asarray(array, dtype=np.float64), dtype=float_dtype())
 
 
-def _safe_scale(std: np.ndarray) -> np.ndarray:
-    # A constant column has zero spread; leave it unscaled rather than divide by zero.
-    return np.where(std > 0, std, 1.0)
+def _shift(values: np.ndarray) -> np.ndarray:
+    """Column means; a constant column's own value (its float mean can be off by an ulp)."""
+    constant = values.max(axis=0) == values.min(axis=0)
+    return np.where(constant, values[0], values.mean(axis=0))
+
+
+def _safe_scale(values: np.ndarray) -> np.ndarray:
+    """Column standard deviations, 1 for constant columns (left unscaled, not divided by 0).
+
+    "Constant" is decided exactly (max == min): the computed std of a constant column is
+    rounding noise (e.g. 8.9e-16 for 200 copies of 4.2), and dividing by it would blow that
+    noise up to unit scale.
+    """
+    std = values.std(axis=0)
+    constant = values.max(axis=0) == values.min(axis=0)
+    return np.where(constant | ~(std > 0), 1.0, std)
 
 
 @dataclass(frozen=True, eq=False)
@@ -48,11 +61,11 @@ class Standardizer:
     @classmethod
     def fit(cls, X: np.ndarray, y: np.ndarray, *, standardize_y: bool = True) -> Standardizer:
         """Estimate shifts and scales from float64 training data X (N, P) and y (N, D)."""
-        x_shift = X.mean(axis=0)
-        x_scale = _safe_scale(X.std(axis=0))
+        x_shift = _shift(X)
+        x_scale = _safe_scale(X)
         if standardize_y:
-            y_shift = y.mean(axis=0)
-            y_scale = _safe_scale(y.std(axis=0))
+            y_shift = _shift(y)
+            y_scale = _safe_scale(y)
         else:
             y_shift = np.zeros(y.shape[1])
             y_scale = np.ones(y.shape[1])

@@ -363,3 +363,24 @@ def test_refitting_a_loaded_custom_prior_model_fails_clearly(custom_fit, tmp_pat
     refit = restored.fit(X, y, key=_key(), num_steps=10)
     for name, value in custom_fit.draws.items():
         np.testing.assert_array_equal(refit.draws[name], value, err_msg=name)
+
+
+# --------------------------------------------------------------------------- array shapes
+def test_zero_dimensional_arrays_keep_their_shape(posterior, tmp_path):
+    # np.ascontiguousarray would have turned a 0-d array into shape (1,).
+    history = {**posterior.history, "final": np.float64(-1.25), "flag": np.array(True)}
+    with_scalars = dataclasses.replace(posterior, history=history)
+    with_scalars.save(tmp_path / "scalars.bmdn")
+    loaded = bm.load(tmp_path / "scalars.bmdn")
+    assert loaded.history["final"].shape == () and loaded.history["final"] == -1.25
+    assert loaded.history["flag"].shape == () and loaded.history["flag"].dtype == bool
+
+
+def test_saved_file_is_readable_by_others(posterior, tmp_path):
+    # The temporary file is created owner-only; the saved file must not stay that way.
+    path = tmp_path / "fit.bmdn"
+    posterior.save(path)
+    assert path.stat().st_mode & 0o777 == 0o644
+    path.chmod(0o600)  # an existing file keeps its permissions when replaced
+    posterior.save(path)
+    assert path.stat().st_mode & 0o777 == 0o600

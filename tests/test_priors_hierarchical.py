@@ -190,3 +190,18 @@ def test_hierarchical_posterior_saves_and_loads(tmp_path, data):
     assert loaded.model == model
     np.testing.assert_array_equal(loaded.predictive(X_test[:20]).mean(),
                                   posterior.predictive(X_test[:20]).mean())
+
+
+def test_nuts_starts_hierarchical_scales_where_init_put_them(data):
+    """numpyro's init_params are unconstrained: a positive scale must enter as its log.
+
+    (Passing the constrained value started chains at exp(tau), hundreds, where they stuck.)
+    """
+    X, y, _, _ = data
+    model = bm.MDN(num_components=2, hidden_sizes=(4,), prior=Hierarchical(2.0))
+    fitted = model.fit(X, y, key=jax.random.key(5), num_steps=300)
+    start = float(np.asarray(fitted.draws["hidden_0.kernel.tau"]).ravel()[0])
+    nuts = model.fit(X, y, key=jax.random.key(6), method="nuts", init=fitted, num_chains=1,
+                     num_warmup=0, num_samples=3, max_tree_depth=2)
+    first = float(np.asarray(nuts.draws["hidden_0.kernel.tau"])[0, 0])
+    assert abs(np.log(first) - np.log(start)) < 0.5, (start, first)

@@ -352,9 +352,9 @@ def test_activation_is_case_insensitive():
 
 
 def test_unknown_family():
-    with pytest.raises(ValueError, match=r"Unknown family 'gamma'; choose one of "
+    with pytest.raises(ValueError, match=r"Unknown family 'bogus'; choose one of "
                                          r"\[.*'normal'.*\]\."):
-        bm.MDN(family="gamma")
+        bm.MDN(family="bogus")
 
 
 def test_family_wrong_type():
@@ -594,3 +594,167 @@ def test_pandas_non_numeric_column_is_rejected(model, data):
     frame = pd.DataFrame({"x": X[:, 0], "label": ["a"] * N})
     with pytest.raises(TypeError, match=r"`X` must hold numbers; got an array of dtype object"):
         model.fit(frame, y, key=_key(), num_steps=NUM_STEPS)
+
+
+# --------------------------------------------------------------------------- too few rows
+@pytest.mark.parametrize("num_rows", [1])
+def test_fit_needs_at_least_two_rows(model, num_rows):
+    with pytest.raises(ValueError, match=r"`X` has 1 row; fitting needs at least 2 rows \(the "
+                                         r"data are standardised with their mean and spread\)\."):
+        _fit(model, np.zeros((num_rows, 1)), np.zeros(num_rows))
+
+
+def test_two_rows_are_enough(model):
+    posterior = _fit(model, np.array([[0.0], [1.0]]), np.array([0.0, 1.0]))
+    assert np.all(np.isfinite(posterior.predictive(np.array([[0.5]])).log_prob([0.5])))
+
+
+# --------------------------------------------------------------------------- method options
+@pytest.mark.parametrize(
+    ("method", "options", "error", "message"),
+    [
+        ("nuts", {"num_samples": 0}, ValueError, r"`num_samples` must be at least 1; got 0\."),
+        ("nuts", {"num_chains": 0}, ValueError, r"`num_chains` must be at least 1; got 0\."),
+        ("nuts", {"num_chains": -2}, ValueError, r"`num_chains` must be at least 1; got -2\."),
+        ("nuts", {"num_warmup": -1}, ValueError, r"`num_warmup` must be at least 0; got -1\."),
+        ("nuts", {"num_warmup": 1.5}, TypeError, r"`num_warmup` must be an integer; got 1\.5"),
+        ("nuts", {"max_tree_depth": 0}, ValueError, r"`max_tree_depth` must be at least 1"),
+        ("nuts", {"thinning": 0}, ValueError, r"`thinning` must be at least 1; got 0\."),
+        ("nuts", {"target_accept_prob": 1.0}, ValueError,
+         r"`target_accept_prob` must be strictly between 0 and 1; got 1\.0\."),
+        ("nuts", {"chain_method": "threads"}, ValueError,
+         r"Unknown chain_method 'threads'; choose one of \['vectorized', 'parallel', "
+         r"'sequential'\]\."),
+        ("nuts", {"dense_mass": "yes"}, TypeError, r"`dense_mass` must be True or False"),
+        ("svi", {"guide": "bogus"}, ValueError,
+         r"Unknown guide 'bogus'; choose one of \['normal', 'lowrank', 'mvn', 'flow'\]\."),
+        ("svi", {"guide": None}, TypeError, r"`guide` must be a string, one of \["),
+        ("svi", {"num_draws": 0}, ValueError, r"`num_draws` must be at least 1; got 0\."),
+        ("svi", {"num_particles": 0}, ValueError, r"`num_particles` must be at least 1"),
+        ("svi", {"subsample_size": 0}, ValueError, r"`subsample_size` must be at least 1"),
+        ("svi", {"rank": -1}, ValueError, r"`rank` must be at least 1; got -1\."),
+        ("svi", {"num_flows": 0}, ValueError, r"`num_flows` must be at least 1; got 0\."),
+        ("svi", {"num_eval_draws": 0}, ValueError, r"`num_eval_draws` must be at least 1"),
+        ("svi", {"init_scale": 0.0}, ValueError,
+         r"`init_scale` must be a finite positive number; got 0\.0\."),
+        ("svi", {"init_scale": -1.0}, ValueError, r"`init_scale` must be a finite positive"),
+        ("ensemble", {"num_members": 0}, ValueError, r"`num_members` must be at least 1"),
+        ("laplace", {"num_draws": -5}, ValueError, r"`num_draws` must be at least 1; got -5\."),
+        ("laplace", {"hessian": "diag"}, ValueError,
+         r"Unknown hessian 'diag'; choose one of \['exact', 'fisher'\]\."),
+        ("map", {"lr_schedule": "linear"}, ValueError,
+         r"`lr_schedule` must be one of \['constant', 'cosine'\] or an optax schedule"),
+        ("map", {"ema_decay": 1.0}, ValueError, r"`ema_decay` must be in \[0, 1\); got 1\.0\."),
+        ("map", {"ema_decay": "0.9"}, TypeError, r"`ema_decay` must be a number in \[0, 1\)"),
+        ("svi", {"num_members": 3}, TypeError, r"fit\(method='svi'\) got unknown options "
+                                               r"\['num_members'\]"),
+    ],
+)
+def test_bad_method_options(model, data, method, options, error, message):
+    X, y = data
+    with pytest.raises(error, match=message):
+        model.fit(X, y, key=_key(), method=method, **options)
+
+
+def test_prior_given_as_a_name():
+    with pytest.raises(TypeError, match=r"`prior` must be a bayes_mdn\.priors\.Prior, a dict of "
+                                        r"site names to priors, or a callable .*; got str\."):
+        bm.MDN(prior="laplace")
+
+
+def test_int_key_in_plot_predictive_samples(posterior):
+    from bayes_mdn import plotting
+
+    with pytest.raises(TypeError, match=r"`key` must be a JAX PRNG key, not the integer 3; "
+                                        r"pass jax\.random\.key\(3\)\."):
+        plotting.plot_predictive_samples(posterior, np.zeros((2, 1)), key=3)
+
+
+# --------------------------------------------------------------------------- column names
+@pytest.fixture(scope="module")
+def frame_fit(data):
+    pd = pytest.importorskip("pandas")
+    rng = np.random.default_rng(3)
+    X = pd.DataFrame({"height": rng.normal(size=N), "width": rng.normal(size=N)})
+    y = pd.Series(X["height"] - X["width"] + 0.1 * rng.normal(size=N), name="area")
+    model = bm.MDN(num_components=2, hidden_sizes=(4,))
+    return model.fit(X, y, key=_key(), num_steps=NUM_STEPS), X, y
+
+
+def test_pandas_column_names_are_recorded(frame_fit):
+    posterior, _, _ = frame_fit
+    assert posterior.info["feature_names"] == ["height", "width"]
+    assert posterior.info["target_names"] == ["area"]
+
+
+def test_pandas_target_frame_names_are_recorded(data):
+    pd = pytest.importorskip("pandas")
+    X, y = data
+    posterior = bm.MDN(num_components=2, hidden_sizes=(4,)).fit(
+        X, pd.DataFrame({"first": y}), key=_key(), num_steps=NUM_STEPS)
+    assert posterior.info["target_names"] == ["first"]
+    assert "feature_names" not in posterior.info  # a plain array has no names
+
+
+def test_column_names_survive_save_and_load(frame_fit, tmp_path):
+    posterior, _, _ = frame_fit
+    posterior.save(tmp_path / "fit.bmdn")
+    loaded = bm.load(tmp_path / "fit.bmdn")
+    assert loaded.info["feature_names"] == ["height", "width"]
+    assert loaded.info["target_names"] == ["area"]
+
+
+def test_predict_with_reordered_columns_is_refused(frame_fit):
+    posterior, X, _ = frame_fit
+    with pytest.raises(ValueError, match=r"`X` has columns \['width', 'height'\] but the model "
+                                         r"was fitted on columns \['height', 'width'\]\. "
+                                         r"Reorder them with X\[\['height', 'width'\]\]\."):
+        posterior.predictive(X[["width", "height"]])
+
+
+def test_predict_with_other_columns_is_refused(frame_fit):
+    posterior, X, _ = frame_fit
+    renamed = X.rename(columns={"width": "depth"})
+    with pytest.raises(ValueError, match=r"`X` has columns \['height', 'depth'\] but the model "
+                                         r"was fitted on columns \['height', 'width'\]\.$"):
+        posterior.predictive(renamed)
+
+
+def test_predict_with_same_columns_or_plain_array(frame_fit):
+    posterior, X, y = frame_fit
+    by_frame = posterior.predictive(X.iloc[:5]).log_prob(y.iloc[:5])
+    by_array = posterior.predictive(X.to_numpy()[:5]).log_prob(y.to_numpy()[:5])
+    np.testing.assert_array_equal(by_frame, by_array)
+
+
+def test_held_out_frame_with_other_columns_is_refused(frame_fit):
+    _, X, y = frame_fit
+    model = bm.MDN(num_components=2, hidden_sizes=(4,))
+    with pytest.raises(ValueError, match=r"`X_test` has columns \['width', 'height'\] but the "
+                                         r"model was fitted on columns"):
+        model.fit(X, y, key=_key(), num_steps=NUM_STEPS, X_test=X[["width", "height"]],
+                  y_test=y)
+
+
+def test_plots_are_labelled_with_column_names(frame_fit):
+    pd = pytest.importorskip("pandas")
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from bayes_mdn import plotting
+
+    _, X, y = frame_fit
+    one = X[["height"]]
+    posterior = bm.MDN(num_components=2, hidden_sizes=(4,)).fit(one, y, key=_key(),
+                                                                 num_steps=NUM_STEPS)
+    try:
+        ax = plotting.plot_conditional_density(posterior, x_range=(-2, 2), y_range=(-3, 3),
+                                               resolution=(8, 8))
+        assert (ax.get_xlabel(), ax.get_ylabel()) == ("height", "area")
+        ax = plotting.plot_predictive_samples(posterior, pd.DataFrame({"height": [0.0, 1.0]}),
+                                              key=_key())
+        assert (ax.get_xlabel(), ax.get_ylabel()) == ("height", "sampled area")
+    finally:
+        plt.close("all")

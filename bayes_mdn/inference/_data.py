@@ -4,7 +4,7 @@ starting point, and log-likelihood evaluation of one or several parameter draws.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import partial
+from functools import lru_cache, partial
 from typing import Any
 
 import jax
@@ -14,7 +14,13 @@ import numpyro.distributions as dist
 from jax.scipy.special import logsumexp
 
 from bayes_mdn import network
-from bayes_mdn._validation import as_features, as_targets, check_min_rows, check_same_rows
+from bayes_mdn._validation import (
+    as_features,
+    as_targets,
+    check_min_rows,
+    check_not_constant,
+    check_same_rows,
+)
 from bayes_mdn.model import MDN
 from bayes_mdn.scaling import Standardizer
 
@@ -75,8 +81,11 @@ def prepare_data(model: MDN, X: Any, y: Any, X_test: Any = None, y_test: Any = N
     y_host = as_targets(y, "y")
     check_same_rows(X_host, y_host)
     check_min_rows(X_host)
-    model.prior.check_sites(model.sites(X_host.shape[1], y_host.shape[1]))
+    # Support (and output count) first: the sites' shapes depend on D being valid.
     model.family.check_support(y_host, "y")
+    if model.family.standardize_y:
+        check_not_constant(y_host)
+    model.prior.check_sites(model.sites(X_host.shape[1], y_host.shape[1]))
     standardizer = Standardizer.fit(X_host, y_host, standardize_y=model.family.standardize_y)
     if (X_test is None) != (y_test is None):
         raise ValueError("Pass both `X_test` and `y_test` to record held-out log-likelihood.")
@@ -108,24 +117,24 @@ def initial_params(model: MDN, data: FitData, key: jax.Array) -> dict[str, jax.A
     num_features, num_outputs = data.X.shape[1], data.y.shape[1]
     head_bias = {"logits": np.zeros(model.num_components)}
     head_bias.update(model.family.initial_head_bias(np.asarray(data.y), model.num_components))
+    starter = _starter(model, num_features, num_outputs, np.dtype(data.X.dtype), key.ndim == 1)
+    return starter(key, {name: jnp.asarray(bias, data.X.dtype) for name, bias in head_bias.items()})
+
+
+@lru_cache(maxsize=32)
+def _starter(model: MDN, num_features: int, num_outputs: int, dtype: np.dtype, batched: bool):
+    """The starting point as one compiled program (eagerly, each small op would compile on
+    its own, ~0.1 s each), cached per model and shape; vmapped over keys when `batched`."""
     layout = model.layout(num_features, num_outputs)
 
-    def to_latents(weights):
+    def start(key, head_bias):
+        weights = network.init_params(key, layout, head_bias, dtype=dtype)
+        if model.network is not None:
+            feature_key = jax.random.fold_in(key, 1)
+            weights.update(model.network.init(feature_key, num_features, dtype))
         return model.initial_latents(weights, num_features, num_outputs)
 
-    if key.ndim == 0:
-        return to_latents(_init_network(key, layout, head_bias, dtype=data.X.dtype))
-    return jax.vmap(to_latents)(_init_networks(key, layout, head_bias, dtype=data.X.dtype))
-
-
-# Compiled as one program: run eagerly, each small op would compile on its own (~0.1 s each).
-_init_network = jax.jit(network.init_params, static_argnames=("layout", "head_kernel_scale",
-                                                              "dtype"))
-
-
-@partial(jax.jit, static_argnames=("layout", "dtype"))
-def _init_networks(keys, layout, head_bias, dtype):
-    return jax.vmap(lambda key: network.init_params(key, layout, head_bias, dtype=dtype))(keys)
+    return jax.jit(jax.vmap(start, in_axes=(0, None)) if batched else start)
 
 
 def point_log_prob(model: MDN, params, X_std, y_std, y_scale) -> jax.Array:

@@ -11,6 +11,7 @@ new data of the same shape does not recompile.
 from __future__ import annotations
 
 import math
+import os
 import sys
 import time
 import warnings
@@ -23,13 +24,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from numpyro.infer import SVI
+from numpyro.infer import SVI, Trace_ELBO
 from numpyro.optim import optax_to_numpyro
 
 from bayes_mdn._validation import check_positive_float, check_positive_int
+from bayes_mdn.inference._checkpoint import CheckpointPlan
+from bayes_mdn.inference._checkpoint import check_options as check_checkpoint_options
 from bayes_mdn.inference._data import FitData
 
-__all__ = ["OptimOptions", "OptimProgram", "build_program", "make_optimizer", "run_blocks"]
+__all__ = ["OptimOptions", "OptimProgram", "SortedTraceELBO", "build_program", "make_optimizer",
+           "run_blocks"]
 
 #: Signature of a held-out evaluation: (estimate, key, X, y, y_scale) -> mean log-likelihood
 #: per row in standardised units.
@@ -61,6 +65,16 @@ class OptimOptions:
         progress); the loss is recorded at every step regardless.
     progress : bool
         Print progress lines to stderr while training.
+    checkpoint : str or path-like, optional
+        File to write the optimiser state to (atomically) every `checkpoint_every` steps and
+        at the end; see :mod:`bayes_mdn.inference._checkpoint`. For ``method="laplace"`` it
+        covers the MAP stage.
+    checkpoint_every : int, optional
+        Steps between checkpoints (default: only at the end).
+    resume : str or path-like, optional
+        A checkpoint to continue from; the model, data, key and options must be those of
+        the run that wrote it, except `num_steps`, which may grow. The result equals the
+        uninterrupted run's.
     """
 
     num_steps: int = 2000
@@ -69,6 +83,9 @@ class OptimOptions:
     ema_decay: float = 0.0
     num_evaluations: int = 50
     progress: bool = False
+    checkpoint: str | os.PathLike | None = None
+    checkpoint_every: int | None = None
+    resume: str | os.PathLike | None = None
 
     def __post_init__(self) -> None:
         check_positive_int(self.num_steps, "num_steps")
@@ -85,11 +102,32 @@ class OptimOptions:
         check_positive_int(self.num_evaluations, "num_evaluations")
         if not isinstance(self.progress, bool):
             raise TypeError(f"`progress` must be True or False; got {self.progress!r}.")
+        check_checkpoint_options(self, "steps")
 
     def optimizer_key(self) -> tuple[Any, ...]:
         """The options that change the compiled optimiser (part of program cache keys)."""
         schedule_steps = self.num_steps if self.lr_schedule == "cosine" else None
         return (self.learning_rate, self.lr_schedule, schedule_steps)
+
+
+class SortedTraceELBO(Trace_ELBO):
+    """numpyro's Trace_ELBO, with the per-site terms summed in sorted site order.
+
+    Trace_ELBO sums the sites of ``set(model_sites) | set(guide_sites)``, an order that
+    depends on the process's string-hash seed (PYTHONHASHSEED), so the same fit gave a loss
+    differing in the last bits between two processes. Summing in sorted order makes the
+    loss, like the parameters, bit-identical across processes.
+    """
+
+    def __init__(self, num_particles: int = 1) -> None:
+        super().__init__(num_particles=num_particles, sum_sites=False)
+
+    def loss_with_mutable_state(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        result = super().loss_with_mutable_state(*args, **kwargs)
+        per_site = result["loss"]
+        result["loss"] = sum((per_site[name] for name in sorted(per_site)),
+                             start=jnp.zeros((), jnp.result_type(*per_site.values())))
+        return result
 
 
 def make_optimizer(learning_rate: float, lr_schedule: Any, schedule_steps: int | None):
@@ -204,6 +242,7 @@ def run_blocks(
     train_eval: tuple[jax.Array, jax.Array] | None = None,
     members: bool = False,
     overall: Callable[[dict[str, jax.Array]], tuple[jax.Array, jax.Array]] | None = None,
+    checkpoint: CheckpointPlan | None = None,
 ) -> BlockResult:
     """Run `options.num_steps` steps in equal compiled blocks and record the history.
 
@@ -225,6 +264,10 @@ def run_blocks(
     overall : callable, optional
         ``estimate -> (train_ll, test_ll)`` replacing the per-block evaluation in the
         history (the ensemble's predictive log-likelihood instead of each member's).
+    checkpoint : CheckpointPlan, optional
+        Resume from its checkpoint (state, moving average, history so far) and/or write
+        checkpoints; blocks are cut at checkpoint boundaries, which adds evaluations there
+        but never changes the trajectory.
 
     Returns
     -------
@@ -249,25 +292,49 @@ def run_blocks(
     log_jacobian = data.standardizer.log_jacobian
 
     losses, eval_steps, train_lls, test_lls = [], [], [], []
+    first = 0
+    if checkpoint is not None and checkpoint.resumed is not None:
+        state = checkpoint.restore("state", state)
+        average = checkpoint.restore("average", average)
+        first = checkpoint.num_done
+        saved = checkpoint.arrays("history")
+        losses.append(saved["loss"])
+        eval_steps.extend(int(step) for step in saved["eval_step"])
+        train_lls.extend(saved["train_ll"])
+        test_lls.extend(saved["test_ll"])
     report_every = max(1, num_blocks // 10)
-    for block in range(num_blocks):
-        first = block * block_size
+    block = 0
+    estimate = None
+    # Each call runs `block_size` compiled steps, those from `stop` on masked out (so a
+    # block cut short at a checkpoint or at num_steps leaves the trajectory unchanged).
+    while first < options.num_steps or estimate is None:
+        stop = min(first + block_size, options.num_steps)
+        if checkpoint is not None:
+            stop = checkpoint.next_stop(first, stop)
         state, average, block_losses, train_ll, test_ll, estimate = kernel(
-            state, average, first, options.num_steps, ema_decay, eval_key, data.X, data.y,
+            state, average, first, stop, ema_decay, eval_key, data.X, data.y,
             data.y_scale, X_train_eval, y_train_eval, X_test, y_test, block_size=block_size,
         )
+        if stop == first:  # resumed a finished run: only the estimate was needed
+            break
         if overall is not None:
             train_ll, test_ll = overall(estimate)
-        last = min(first + block_size, options.num_steps)
         block_losses, train_ll, test_ll = jax.device_get((block_losses, train_ll, test_ll))
-        losses.append(block_losses[..., : last - first])
-        eval_steps.append(last)
+        losses.append(block_losses[..., : stop - first])
+        eval_steps.append(stop)
         train_lls.append(train_ll)
         test_lls.append(test_ll)
-        if options.progress and (block % report_every == 0 or block == num_blocks - 1):
-            report(method, last, options.num_steps, float(np.mean(block_losses[..., -1])),
+        if options.progress and (block % report_every == 0 or stop == options.num_steps):
+            report(method, stop, options.num_steps, float(np.mean(block_losses[..., -1])),
                    float(np.mean(train_ll)) + log_jacobian,
                    float(np.mean(test_ll)) + log_jacobian if data.has_test else None, started)
+        if checkpoint is not None and checkpoint.due(stop, options.num_steps):
+            checkpoint.write(stop, {"state": state, "average": average}, {
+                "history/loss": np.concatenate(losses, axis=-1),
+                "history/eval_step": np.asarray(eval_steps, np.int64),
+                "history/train_ll": np.asarray(train_lls), "history/test_ll": np.asarray(test_lls)})
+        first = stop
+        block += 1
 
     history = {"loss": np.concatenate(losses, axis=-1), "eval_step": np.asarray(eval_steps),
                "train_log_likelihood": np.asarray(train_lls, np.float64) + log_jacobian}

@@ -20,7 +20,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-from numpyro.infer.util import log_density
+from numpyro.infer.util import constrain_fn, potential_energy, unconstrain_fn
 
 from bayes_mdn._validation import check_choice, check_positive_int
 from bayes_mdn.diagnostics import pareto_k
@@ -28,7 +28,6 @@ from bayes_mdn.inference._data import FitData, draws_from_init, final_scores, po
 from bayes_mdn.inference._optim import OptimOptions
 from bayes_mdn.model import MDN
 from bayes_mdn.posterior import Posterior
-from bayes_mdn.priors import log_density as prior_log_density
 
 __all__ = ["LaplaceOptions", "fit_laplace"]
 
@@ -74,7 +73,6 @@ class LaplaceOptions(OptimOptions):
 def _laplace_kernel(model: MDN, data_shape: tuple[int, int, int], num_draws: int,
                     hessian: str):
     _, num_features, num_outputs = data_shape
-    sites = model.sites(num_features, num_outputs)
     shapes = model.latent_shapes(num_features, num_outputs)
     sizes = [math.prod(shape) for shape in shapes.values()]
     offsets = np.cumsum([0, *sizes])
@@ -88,14 +86,21 @@ def _laplace_kernel(model: MDN, data_shape: tuple[int, int, int], num_draws: int
 
     @jax.jit
     def kernel(values, key, X, y, y_scale):
-        centre = jnp.concatenate([jnp.ravel(values[name]) for name in shapes])
+        # The Gaussian lives in numpyro's unconstrained coordinates (the identity for real
+        # sites; the log for positive scales of hierarchical priors), so every draw is valid.
+        args, kwargs = (X, y), {"y_scale": y_scale}
+        unconstrained = unconstrain_fn(model.numpyro_model, args, kwargs, dict(values))
+        centre = jnp.concatenate([jnp.ravel(unconstrained[name]) for name in shapes])
 
         def potential(flat):
-            return -log_density(model.numpyro_model, (X, y), {"y_scale": y_scale},
-                                unravel(flat))[0]
+            return potential_energy(model.numpyro_model, args, kwargs, unravel(flat))
 
-        def prior_potential(flat):
-            return -prior_log_density(model.prior, sites, unravel(flat))
+        def constrain(flat):
+            return constrain_fn(model.numpyro_model, args, kwargs, unravel(flat))
+
+        def prior_potential(flat):  # prior and log-Jacobian: the potential minus the likelihood
+            return potential(flat) + jnp.sum(point_log_prob(model, constrain(flat), X, y,
+                                                            y_scale))
 
         gradient = jax.grad(potential)
         curved = potential if hessian == "exact" else prior_potential
@@ -107,7 +112,7 @@ def _laplace_kernel(model: MDN, data_shape: tuple[int, int, int], num_draws: int
         precision = jax.lax.map(hvp, basis, batch_size=HVP_BATCH)
         if hessian == "fisher":
             def row_log_likelihood(flat, x_row, y_row):
-                return point_log_prob(model, unravel(flat), x_row[None], y_row[None],
+                return point_log_prob(model, constrain(flat), x_row[None], y_row[None],
                                       y_scale)[0]
 
             per_row = jax.vmap(jax.grad(row_log_likelihood), in_axes=(None, 0, 0))(
@@ -120,7 +125,7 @@ def _laplace_kernel(model: MDN, data_shape: tuple[int, int, int], num_draws: int
         noise = jax.random.normal(key, (num_draws, centre.shape[0]), centre.dtype)
         offsets_z = jax.scipy.linalg.solve_triangular(cholesky, noise.T, lower=True,
                                                       trans="T").T
-        draws = jax.vmap(unravel)(centre + offsets_z)
+        draws = jax.vmap(constrain)(centre + offsets_z)
         # Importance log-weights log p(z, y) - log q(z) of separate draws, for Pareto k.
         extra = jax.random.normal(jax.random.fold_in(key, 1),
                                   (NUM_PARETO_DRAWS, centre.shape[0]), centre.dtype)

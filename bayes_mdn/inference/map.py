@@ -15,11 +15,12 @@ from functools import lru_cache
 
 import jax
 import numpy as np
-from numpyro.infer import SVI, Trace_ELBO
+from numpyro.infer import SVI
 from numpyro.infer.autoguide import AutoDelta
 from numpyro.infer.initialization import init_to_uniform
 
 from bayes_mdn._validation import check_positive_int
+from bayes_mdn.inference._checkpoint import checkpoint_plan
 from bayes_mdn.inference._data import (
     FitData,
     initial_params,
@@ -29,6 +30,7 @@ from bayes_mdn.inference._data import (
 from bayes_mdn.inference._optim import (
     OptimOptions,
     OptimProgram,
+    SortedTraceELBO,
     build_program,
     check_finite_fit,
     make_optimizer,
@@ -81,7 +83,7 @@ def map_program(model: MDN, data_shape: tuple[int, int, int], optimizer_key: tup
     _, num_features, num_outputs = data_shape
     names = tuple(model.latent_shapes(num_features, num_outputs))
     guide = AutoDelta(model.numpyro_model, prefix=PREFIX, init_loc_fn=init_to_uniform)
-    svi = SVI(model.numpyro_model, guide, make_optimizer(*optimizer_key), Trace_ELBO())
+    svi = SVI(model.numpyro_model, guide, make_optimizer(*optimizer_key), SortedTraceELBO())
 
     def evaluate(estimate, key, X, y, y_scale):
         return mean_log_likelihood(model, point_values(estimate, names), X, y, y_scale)
@@ -100,11 +102,13 @@ def _guide_params(values) -> dict[str, jax.Array]:
 
 def fit_map(model: MDN, data: FitData, key: jax.Array, options: MapOptions) -> Posterior:
     started = time.perf_counter()
+    plan = checkpoint_plan("map", model, data, key, options, options.num_steps)
     init_key, svi_key = jax.random.split(key)
     program, names = map_program(model, data.shape, options.optimizer_key())
     start = initial_params(model, data, init_key)
     state = program.init_state(svi_key, data.X, data.y, data.y_scale, _guide_params(start))
-    result = run_blocks(program, state, options, data, method="map", eval_key=svi_key)
+    result = run_blocks(program, state, options, data, method="map", eval_key=svi_key,
+                        checkpoint=plan)
     values = point_values(result.estimate, names)
     check_finite_fit(result.history["loss"], values)
     return Posterior(
@@ -132,6 +136,7 @@ def _ensemble_kernels(model: MDN, data_shape: tuple[int, int, int], optimizer_ke
 def fit_ensemble(model: MDN, data: FitData, key: jax.Array, options: EnsembleOptions
                  ) -> Posterior:
     started = time.perf_counter()
+    plan = checkpoint_plan("ensemble", model, data, key, options, options.num_steps)
     init_key, svi_key = jax.random.split(key)
     program, names, init_members, ensemble_ll = _ensemble_kernels(
         model, data.shape, options.optimizer_key())
@@ -144,6 +149,7 @@ def fit_ensemble(model: MDN, data: FitData, key: jax.Array, options: EnsembleOpt
         program, state, options, data, method="ensemble", eval_key=member_keys, members=True,
         overall=lambda estimate: ensemble_ll(estimate, data.X, data.y, X_test, y_test,
                                              data.y_scale),
+        checkpoint=plan,
     )
     values = point_values(result.estimate, names)
     check_finite_fit(result.history["loss"], values)

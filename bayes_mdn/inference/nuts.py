@@ -10,16 +10,21 @@ member per chain) is usually the best use of the budget. Per-draw sampler statis
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from numpyro.infer import MCMC, NUTS
+from numpyro.infer.util import unconstrain_fn
 
 from bayes_mdn._validation import check_choice, check_positive_float, check_positive_int
+from bayes_mdn.inference._checkpoint import CheckpointPlan, checkpoint_plan
+from bayes_mdn.inference._checkpoint import check_options as check_checkpoint_options
 from bayes_mdn.inference._data import FitData, draws_from_init, final_scores, initial_params
 from bayes_mdn.model import MDN
 from bayes_mdn.posterior import Posterior
@@ -62,6 +67,16 @@ class NutsOptions:
         Keep every `thinning`-th draw.
     progress : bool
         Show numpyro's progress bar.
+    checkpoint : str or path-like, optional
+        File to write the sampler state (every chain's position, step size, mass matrix and
+        PRNG key) and the draws so far to, at the end of warm-up, every `checkpoint_every`
+        draws per chain and at the end; see :mod:`bayes_mdn.inference._checkpoint`.
+    checkpoint_every : int, optional
+        Draws per chain (before thinning; a multiple of `thinning`) between checkpoints.
+    resume : str or path-like, optional
+        A checkpoint to continue the same chains from: the model, data, key and options
+        must be those of the run that wrote it, except `num_samples`, which may grow (N
+        draws, then resume with 2N, equals one run of 2N draws).
     """
 
     num_warmup: int = 500
@@ -74,6 +89,9 @@ class NutsOptions:
     chain_method: str | None = None
     thinning: int = 1
     progress: bool = False
+    checkpoint: str | os.PathLike | None = None
+    checkpoint_every: int | None = None
+    resume: str | os.PathLike | None = None
 
     def __post_init__(self) -> None:
         check_positive_int(self.num_warmup, "num_warmup", minimum=0)
@@ -91,6 +109,13 @@ class NutsOptions:
         for name in ("dense_mass", "progress"):
             if not isinstance(getattr(self, name), bool):
                 raise TypeError(f"`{name}` must be True or False; got {getattr(self, name)!r}.")
+        check_checkpoint_options(self, "draws per chain")
+        if self.checkpoint is not None or self.resume is not None:
+            for name in ("num_samples", "checkpoint_every"):
+                value = getattr(self, name)
+                if value is not None and value % self.thinning:
+                    raise ValueError(f"With checkpoints, `{name}` must be a multiple of "
+                                     f"`thinning` ({self.thinning}); got {value}.")
 
     def resolved_chain_method(self) -> str:
         if self.chain_method is not None:
@@ -100,7 +125,7 @@ class NutsOptions:
         return "vectorized"
 
 
-@lru_cache(maxsize=4)
+@lru_cache(maxsize=8)
 def _sampler(model: MDN, data_shape: tuple[int, int, int], settings: tuple) -> MCMC:
     """One MCMC object per configuration: it caches its compiled sampler across runs
     (``jit_model_args=True`` makes the data an argument rather than a constant)."""
@@ -115,14 +140,85 @@ def _sampler(model: MDN, data_shape: tuple[int, int, int], settings: tuple) -> M
 
 def _starting_points(model: MDN, data: FitData, key: jax.Array, options: NutsOptions
                      ) -> dict[str, jax.Array]:
-    """One starting network per chain, each site (C, ...)."""
+    """One starting point per chain, each site (C, ...), in *unconstrained* coordinates:
+    numpyro's sampler takes ``init_params`` as inputs of its potential function, so a
+    positive site (a hierarchical prior's scale) must enter as its logarithm."""
     chains = options.num_chains
     if options.init is None:
-        return initial_params(model, data, jax.random.split(key, chains))
-    draws = draws_from_init(options.init, model, data)
-    available = next(iter(draws.values())).shape[0]
-    index = (np.arange(chains) * available) // chains
-    return {name: value[index] for name, value in draws.items()}
+        start = initial_params(model, data, jax.random.split(key, chains))
+    else:
+        draws = draws_from_init(options.init, model, data)
+        available = next(iter(draws.values())).shape[0]
+        index = (np.arange(chains) * available) // chains
+        start = {name: value[index] for name, value in draws.items()}
+
+    def unconstrain(point):
+        return unconstrain_fn(model.numpyro_model, (data.X, data.y), {"y_scale": data.y_scale},
+                              point)
+
+    return jax.vmap(unconstrain)(start)
+
+
+def _sample_with_checkpoints(model: MDN, data: FitData, settings: tuple, start, run_key,
+                             plan: CheckpointPlan) -> tuple[dict, dict]:
+    """Warm-up, then the draws in segments that end at checkpoint boundaries.
+
+    Each segment continues the chains from the previous segment's last state (its PRNG key
+    included), so the draws are those of one uninterrupted run. Returns the samples and the
+    extra fields, each (C, S, ...).
+    """
+    args, kwargs, fields = (data.X, data.y), {"y_scale": data.y_scale}, tuple(EXTRA_FIELDS)
+    num_warmup, total, num_chains = settings[:3]
+
+    def run_segment(num_samples: int, state=None):
+        # Cached per segment length; the post-warm-up state is always cleared after use so
+        # a cached sampler never skips the warm-up of a later, unrelated fit.
+        mcmc = _sampler(model, data.shape, (settings[0], num_samples, *settings[2:]))
+        try:
+            if state is None:
+                mcmc.warmup(run_key, *args, init_params=start, extra_fields=fields, **kwargs)
+                return mcmc.post_warmup_state, None, None
+            mcmc.post_warmup_state = state
+            mcmc.run(state.rng_key, *args, extra_fields=fields, **kwargs)
+            return (mcmc.last_state, mcmc.get_samples(group_by_chain=True),
+                    jax.device_get(mcmc.get_extra_fields(group_by_chain=True)))
+        finally:
+            mcmc.post_warmup_state = None
+
+    samples: dict[str, list] = {}
+    extra: dict[str, list] = {}
+    if plan.resumed is None:
+        state, _, _ = run_segment(plan.next_stop(0, total))  # the first segment's sampler
+        if plan.path is not None:
+            plan.write(0, {"state": state}, {})
+    else:
+        kernel = NUTS(model.numpyro_model, dense_mass=settings[3],
+                      target_accept_prob=settings[4], max_tree_depth=settings[5])
+        keys = jax.random.split(run_key, num_chains) if num_chains > 1 else run_key
+        template = jax.eval_shape(
+            lambda k, s, X, y, scale: kernel.init(k, num_warmup, s, model_args=(X, y),
+                                                  model_kwargs={"y_scale": scale}),
+            keys, start, data.X, data.y, data.y_scale)
+        state = plan.restore("state", template)
+        samples = {name: [value] for name, value in plan.arrays("draws").items()}
+        extra = {name: [value] for name, value in plan.arrays("stats").items()}
+    done = plan.num_done
+    while done < total:
+        stop = plan.next_stop(done, total)
+        state, new_samples, new_extra = run_segment(stop - done, state)
+        for name, value in new_samples.items():
+            samples.setdefault(name, []).append(np.asarray(value))
+        for name, value in new_extra.items():
+            extra.setdefault(name, []).append(np.asarray(value))
+        done = stop
+        if plan.due(done, total):
+            plan.write(done, {"state": state}, {
+                **{f"draws/{name}": np.concatenate(value, axis=1)
+                   for name, value in samples.items()},
+                **{f"stats/{name}": np.concatenate(value, axis=1)
+                   for name, value in extra.items()}})
+    return ({name: jnp.asarray(np.concatenate(value, axis=1)) for name, value in samples.items()},
+            {name: np.concatenate(value, axis=1) for name, value in extra.items()})
 
 
 def fit_nuts(model: MDN, data: FitData, key: jax.Array, options: NutsOptions) -> Posterior:
@@ -132,16 +228,20 @@ def fit_nuts(model: MDN, data: FitData, key: jax.Array, options: NutsOptions) ->
     settings = (options.num_warmup, options.num_samples, options.num_chains,
                 options.dense_mass, options.target_accept_prob, options.max_tree_depth,
                 chain_method, options.thinning, options.progress)
-    mcmc = _sampler(model, data.shape, settings)
+    plan = checkpoint_plan("nuts", model, data, key, options, options.num_samples)
     start = _starting_points(model, data, init_key, options)
     if options.num_chains == 1:
         start = {name: value[0] for name, value in start.items()}
-    mcmc.run(run_key, data.X, data.y, y_scale=data.y_scale, init_params=start,
-             extra_fields=tuple(EXTRA_FIELDS))
+    if plan is None:
+        mcmc = _sampler(model, data.shape, settings)
+        mcmc.run(run_key, data.X, data.y, y_scale=data.y_scale, init_params=start,
+                 extra_fields=tuple(EXTRA_FIELDS))
+        samples = mcmc.get_samples(group_by_chain=True)
+        extra = jax.device_get(mcmc.get_extra_fields(group_by_chain=True))
+    else:
+        samples, extra = _sample_with_checkpoints(model, data, settings, start, run_key, plan)
     names = list(model.latent_shapes(data.shape[1], data.shape[2]))
-    samples = mcmc.get_samples(group_by_chain=True)
     draws = {name: samples[name] for name in names}
-    extra = jax.device_get(mcmc.get_extra_fields(group_by_chain=True))
     stats = {EXTRA_FIELDS[field]: np.asarray(value) for field, value in extra.items()}
     num_steps = stats["num_steps"].astype(np.int64)
     stats["tree_depth"] = np.ceil(np.log2(num_steps + 1)).astype(np.int64)

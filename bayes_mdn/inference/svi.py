@@ -34,9 +34,10 @@ from numpyro.distributions.transforms import (
     AffineTransform,
     IndependentTransform,
     PermuteTransform,
+    biject_to,
 )
 from numpyro.handlers import seed
-from numpyro.infer import SVI, Trace_ELBO
+from numpyro.infer import SVI
 from numpyro.infer.autoguide import (
     AutoContinuous,
     AutoLowRankMultivariateNormal,
@@ -49,6 +50,7 @@ from numpyro.nn import AutoregressiveNN
 
 from bayes_mdn._validation import check_choice, check_positive_float, check_positive_int
 from bayes_mdn.diagnostics import pareto_k
+from bayes_mdn.inference._checkpoint import checkpoint_plan
 from bayes_mdn.inference._data import (
     FitData,
     draws_from_init,
@@ -58,6 +60,7 @@ from bayes_mdn.inference._data import (
 from bayes_mdn.inference._optim import (
     OptimOptions,
     OptimProgram,
+    SortedTraceELBO,
     build_program,
     check_finite_fit,
     make_optimizer,
@@ -210,7 +213,7 @@ def _svi_kernels(model: MDN, data_shape: tuple[int, int, int], optimizer_key: tu
     model_fn = partial_model(model.numpyro_model, subsample_size)
     guide = _make_guide(model_fn, guide_key)
     svi = SVI(model_fn, guide, make_optimizer(*optimizer_key),
-              Trace_ELBO(num_particles=num_particles))
+              SortedTraceELBO(num_particles=num_particles))
 
     def guide_draws(params, key, X, y_scale, count):
         samples = guide.sample_posterior(key, params, X, None, y_scale=y_scale,
@@ -245,10 +248,22 @@ def _svi_kernels(model: MDN, data_shape: tuple[int, int, int], optimizer_key: tu
                        importance_log_weights)
 
 
+def _unconstrained(model: MDN, data: FitData, values: dict[str, jax.Array]
+                   ) -> dict[str, jax.Array]:
+    """`values` of the latent sites in numpyro's unconstrained coordinates: a positive site
+    (a hierarchical prior's scale, StudentT(df="global")'s df) must enter the guide as its
+    logarithm, or it would start at exp(value). Real sites pass through unchanged (no model
+    trace: that would cost an eager compilation per operation)."""
+    _, num_features, num_outputs = data.shape
+    priors = {**model.prior.latent_distributions(model.sites(num_features, num_outputs)),
+              **model.family.latent_distributions(num_outputs)}
+    return {name: biject_to(priors[name].support).inv(value) for name, value in values.items()}
+
+
 def _guide_init_params(guide_name: str, values: dict[str, jax.Array], names: tuple[str, ...],
                        key: jax.Array, num_flows: int) -> dict[str, Any]:
-    """Guide parameters centred on `values` (every weight site is real-valued, so the
-    unconstrained and constrained values coincide)."""
+    """Guide parameters centred on `values`, given in numpyro's unconstrained coordinates
+    (the guides' own: a positive site enters as its logarithm)."""
     if guide_name == "normal":
         return {f"{name}_{PREFIX}_loc": values[name] for name in names}
     # AutoContinuous guides pack the latent sites in the model's order.
@@ -276,6 +291,7 @@ def _identity_flows(key: jax.Array, size: int, num_flows: int) -> dict[str, Any]
 
 def fit_svi(model: MDN, data: FitData, key: jax.Array, options: SviOptions) -> Posterior:
     started = time.perf_counter()
+    plan = checkpoint_plan("svi", model, data, key, options, options.num_steps)
     subsample = options.subsample_size
     if subsample is not None and subsample >= data.num_rows:
         subsample = None  # a "minibatch" of every row is full-batch SVI
@@ -294,6 +310,7 @@ def fit_svi(model: MDN, data: FitData, key: jax.Array, options: SviOptions) -> P
                              f"{options.init.num_chains * options.init.num_draws} draws.")
         start = {name: value[0] for name, value in init_draws.items()}
     program = kernels.program
+    start = _unconstrained(model, data, start)
     guide_params = _guide_init_params(options.guide, start, kernels.names, init_key,
                                       options.num_flows)
     state = program.init_state(svi_key, data.X, data.y, data.y_scale, guide_params)
@@ -303,7 +320,7 @@ def fit_svi(model: MDN, data: FitData, key: jax.Array, options: SviOptions) -> P
                        [:MAX_TRAIN_EVAL_ROWS])
         train_eval = (data.X[rows], data.y[rows])
     result = run_blocks(program, state, options, data, method=f"svi-{options.guide}",
-                        eval_key=eval_key, train_eval=train_eval)
+                        eval_key=eval_key, train_eval=train_eval, checkpoint=plan)
     draws = kernels.sample(result.estimate, draw_key, data.X, data.y_scale)
     check_finite_fit(result.history["loss"], draws)
     # Reliability of the guide as a posterior approximation (PSIS k-hat; see diagnostics).

@@ -249,8 +249,9 @@ def _quantile_kernel(model, draw_chunk, num_iterations, cached, draws, y_shift, 
     def bracket(carry, chunk):
         lower, upper = carry
         valid = chunk.valid[None, :, None, None]
-        low = model.family.marginal_icdf(chunk.params, jnp.min(q))  # (m, b, K, D)
-        high = model.family.marginal_icdf(chunk.params, jnp.max(q))
+        # One call for both levels (one compiled copy of an iterative icdf, not two).
+        extremes = jnp.stack([jnp.min(q), jnp.max(q)])[:, None, None, None, None]
+        low, high = model.family.marginal_icdf(chunk.params, extremes)  # (m, b, K, D) each
         return (jnp.minimum(lower, jnp.min(jnp.where(valid, low, jnp.inf), axis=(1, 2))),
                 jnp.maximum(upper, jnp.max(jnp.where(valid, high, -jnp.inf), axis=(1, 2))))
 
@@ -270,14 +271,23 @@ def _quantile_kernel(model, draw_chunk, num_iterations, cached, draws, y_shift, 
 
         return reduce(body, jnp.zeros_like(y))
 
+    # A discrete mixture's q-quantile is the smallest integer k with F(k) >= q: bisect on the
+    # integers keeping F(lo) < q <= F(hi) (every component cdf is below q_min at
+    # min_k Q_k(q_min) - 1) and return hi.
+    discrete = model.family.discrete
+    if discrete:
+        lower = lower - 1.0
+
     def step(_, bracket):
         lo, hi = bracket
         mid = 0.5 * (lo + hi)
+        if discrete:
+            mid = jnp.floor(mid)
         below = mixture_cdf(mid) < q_column
         return jnp.where(below, mid, lo), jnp.where(below, hi, mid)
 
     lower, upper = jax.lax.fori_loop(0, num_iterations, step, (lower, upper))
-    return 0.5 * (lower + upper)
+    return upper if discrete else 0.5 * (lower + upper)
 
 
 @partial(jax.jit, static_argnames=("model", "draw_chunk"))
@@ -296,10 +306,11 @@ def _support_kernel(model, draw_chunk, draws, y_shift, y_scale, X_std):
         valid = chunk.valid[None, :, None, None]
         significant = valid & (chunk.log_weights >= math.log(_SUPPORT_MIN_WEIGHT))[..., None]
         heavy = valid & (chunk.log_weights >= math.log(_RESOLVE_MIN_WEIGHT))[..., None]
-        low = family.marginal_icdf(chunk.params, jnp.asarray(_SUPPORT_TAIL, X_std.dtype))
-        high = family.marginal_icdf(chunk.params, jnp.asarray(1 - _SUPPORT_TAIL, X_std.dtype))
-        spread = (family.marginal_icdf(chunk.params, jnp.asarray(0.75, X_std.dtype))
-                  - family.marginal_icdf(chunk.params, jnp.asarray(0.25, X_std.dtype)))
+        # One call for all four levels (one compiled copy of an iterative icdf, not four).
+        levels = jnp.asarray([_SUPPORT_TAIL, 1 - _SUPPORT_TAIL, 0.25, 0.75], X_std.dtype)
+        low, high, first, third = family.marginal_icdf(chunk.params,
+                                                       levels[:, None, None, None, None])
+        spread = third - first
         return (jnp.minimum(lower, jnp.min(jnp.where(significant, low, jnp.inf), axis=(1, 2))),
                 jnp.maximum(upper, jnp.max(jnp.where(significant, high, -jnp.inf), axis=(1, 2))),
                 jnp.minimum(narrowest, jnp.min(jnp.where(heavy, spread, jnp.inf), axis=(1, 2))))
@@ -404,11 +415,21 @@ def _entropy_grid_kernel(model, draw_chunk, grid_size, draws, y_shift, y_scale, 
 
     The grid spans [lower, upper] (m,) with `grid_size` points per input; the trapezoid rule
     converges geometrically for smooth, rapidly decaying integrands such as -p log p.
+    For a discrete family the grid is the integers ``lower + 0, 1, ..., grid_size - 1``
+    (`upper` unused) and the Shannon entropy is the plain sum of ``-p log p``.
     """
     num_draws = _num_draws(draws)
-    fractions = jnp.linspace(0.0, 1.0, grid_size, dtype=X_std.dtype)
-    grid = lower[:, None] + (upper - lower)[:, None] * fractions  # (m, G)
-    spacing = (upper - lower) / (grid_size - 1)  # (m,)
+    if model.family.discrete:
+        grid = jnp.floor(lower)[:, None] + jnp.arange(grid_size, dtype=X_std.dtype)
+        spacing = jnp.ones_like(lower)
+
+        def integrate(values, _):
+            return jnp.sum(values, axis=1)
+    else:
+        fractions = jnp.linspace(0.0, 1.0, grid_size, dtype=X_std.dtype)
+        grid = lower[:, None] + (upper - lower)[:, None] * fractions  # (m, G)
+        spacing = (upper - lower) / (grid_size - 1)  # (m,)
+        integrate = _trapezoid
 
     def body(carry, chunk):
         mixture_lp, expected = carry  # (m, G), (m,)
@@ -416,7 +437,7 @@ def _entropy_grid_kernel(model, draw_chunk, grid_size, draws, y_shift, y_scale, 
         component_lp = model.family.distribution(params).log_prob(
             grid[:, :, None, None, None])  # (m, G, b, K)
         draw_lp = logsumexp(chunk.log_weights[:, None] + component_lp, axis=-1)  # (m, G, b)
-        draw_entropy = _trapezoid(_neg_x_log_x(draw_lp), spacing[:, None])  # (m, b)
+        draw_entropy = integrate(_neg_x_log_x(draw_lp), spacing[:, None])  # (m, b)
         expected = expected + jnp.sum(jnp.where(chunk.valid, draw_entropy, 0.0), -1) / num_draws
         in_mixture = jnp.where(chunk.valid, draw_lp, -jnp.inf) - math.log(num_draws)
         return jnp.logaddexp(mixture_lp, logsumexp(in_mixture, axis=-1)), expected
@@ -424,7 +445,7 @@ def _entropy_grid_kernel(model, draw_chunk, grid_size, draws, y_shift, y_scale, 
     init = (jnp.full(grid.shape, -jnp.inf, X_std.dtype), jnp.zeros(X_std.shape[:1], X_std.dtype))
     mixture_lp, expected = _reduce_draws(body, init, model, draws, y_shift, y_scale, X_std,
                                          draw_chunk)
-    return _trapezoid(_neg_x_log_x(mixture_lp), spacing), expected
+    return integrate(_neg_x_log_x(mixture_lp), spacing), expected
 
 
 @partial(jax.jit, static_argnames=("model", "draw_chunk"))

@@ -127,3 +127,42 @@ def _highest_density_intervals(grid: np.ndarray, density: np.ndarray, level: flo
     intervals = np.stack([starts, ends], axis=1)
     return np.split(intervals, np.cumsum(counts)[:-1])
 
+
+
+# --------------------------------------------------------------------------- integer grids
+def _integer_modes(grid: np.ndarray, log_mass: np.ndarray, min_relative: float
+                   ) -> list[np.ndarray]:
+    """Local maxima of a probability mass function on consecutive integers (B, G).
+
+    k is a mode when ``p(k - 1) < p(k) >= p(k + 1)``, with -inf beyond both ends of the grid
+    (so the lower end of the support can be a mode); on a plateau the smallest k is kept.
+    """
+    padded = np.pad(log_mass, ((0, 0), (1, 1)), constant_values=-np.inf)
+    left, centre, right = padded[:, :-2], padded[:, 1:-1], padded[:, 2:]
+    is_peak = (centre > left) & (centre >= right)
+    modes = []
+    for row in range(grid.shape[0]):
+        peaks = np.flatnonzero(is_peak[row])
+        if peaks.size == 0:  # no mass on the grid at all: report its most likely point
+            peaks = np.array([int(np.argmax(log_mass[row]))])
+        heights = centre[row, peaks]
+        keep = heights >= heights.max() + np.log(min_relative)
+        order = np.argsort(-heights[keep], kind="stable")
+        modes.append(grid[row, peaks[keep][order]].reshape(-1, 1))
+    return modes
+
+
+def _integer_hdr(grid: np.ndarray, mass: np.ndarray, level: float) -> list[np.ndarray]:
+    """Smallest set of integers holding `level` of each row's mass (B, G), highest masses
+    first, as rows ``[first, last]`` of inclusive runs of consecutive integers."""
+    regions = []
+    for row in range(grid.shape[0]):
+        order = np.argsort(-mass[row], kind="stable")
+        cumulative = np.cumsum(mass[row, order])
+        count = min(int(np.searchsorted(cumulative, level * cumulative[-1])) + 1, order.size)
+        chosen = np.sort(grid[row, order[:count]])
+        breaks = np.flatnonzero(np.diff(chosen) > 1.5)
+        starts = chosen[np.concatenate([[0], breaks + 1])]
+        ends = chosen[np.concatenate([breaks, [chosen.size - 1]])]
+        regions.append(np.stack([starts, ends], axis=1))
+    return regions

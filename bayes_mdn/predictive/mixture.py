@@ -46,7 +46,12 @@ from bayes_mdn.predictive._kernels import (
     _support_kernel,
     _variance_split_kernel,
 )
-from bayes_mdn.predictive._regions import _highest_density_intervals, _refine_modes
+from bayes_mdn.predictive._regions import (
+    _highest_density_intervals,
+    _integer_hdr,
+    _integer_modes,
+    _refine_modes,
+)
 from bayes_mdn.scaling import Standardizer, to_compute
 
 if TYPE_CHECKING:
@@ -234,6 +239,31 @@ class PredictiveMixture:
                 UserWarning, stacklevel=3,
             )
 
+    # Discrete families (D = 1): grids are the integers of a range per input.
+    def _integer_support(self) -> tuple[np.ndarray, np.ndarray]:
+        """Per-input integer range [lower, upper] (M,) holding all but a negligible tail of
+        every draw (the same tail cut as :meth:`_support_grid`)."""
+        lower, upper, _ = (value[:, 0].astype(np.float64)
+                           for value in self._run(_support_kernel, extra=4))
+        lower = np.maximum(np.floor(lower), self.model.family.support[0])
+        return lower, np.maximum(np.ceil(upper), lower)
+
+    def _integer_blocks(self, query: str, lower: np.ndarray, upper: np.ndarray):
+        """Yield (part, grid) over blocks of inputs: `grid` (m, G) holds the integers
+        ``lower_i, lower_i + 1, ...`` (at least up to ``upper_i``) and block x G stays within
+        ``max_elements``."""
+        size = int(np.max(upper - lower)) + 1
+        if size > self.max_elements:
+            raise ValueError(
+                f"{query}: the predictive of this discrete family spreads over {size} integers "
+                f"at some inputs, more than max_elements={self.max_elements} can evaluate at "
+                f"once. Pass max_elements={size} or more to Posterior.predictive()."
+            )
+        block = max(1, self.max_elements // size)
+        for start in range(0, self.num_inputs, block):
+            part = self if block >= self.num_inputs else self[start:start + block]
+            yield part, lower[start:start + block, None] + np.arange(size, dtype=np.float64)
+
     # ----------------------------------------------------------------------- queries
     def log_prob(self, y: Any) -> np.ndarray:
         """Log posterior-predictive density at `y`, in original units.
@@ -263,10 +293,12 @@ class PredictiveMixture:
 
     def mean(self) -> np.ndarray:
         """Predictive mean, a numpy.ndarray of shape (M, D)."""
+        self.model.family.check_moments(1)
         return self._run(_moments_kernel)[0]
 
     def variance(self) -> np.ndarray:
         """Predictive marginal variance (aleatoric + epistemic), a numpy.ndarray (M, D)."""
+        self.model.family.check_moments(2)
         return self._run(_moments_kernel)[1]
 
     def variance_decomposition(self) -> tuple[np.ndarray, np.ndarray]:
@@ -280,6 +312,7 @@ class PredictiveMixture:
             ``Var_s[E(y | x, theta_s)]``: disagreement between draws; zero for MAP.
             ``aleatoric + epistemic`` equals :meth:`variance`.
         """
+        self.model.family.check_moments(2)
         return self._run(_variance_split_kernel)
 
     def quantiles(self, q: Any, *, num_iterations: int | None = None) -> np.ndarray:
@@ -344,12 +377,15 @@ class PredictiveMixture:
         """Local maxima of the predictive density (D = 1), highest first.
 
         The density is evaluated on a grid spanning the 0.0005-0.9995 quantiles, local maxima
-        are found on it and refined by parabolic interpolation of the log-density.
+        are found on it and refined by parabolic interpolation of the log-density. For a
+        discrete family the probability mass is evaluated at every integer of that range and
+        the modes are integers k with ``p(k - 1) < p(k) >= p(k + 1)``.
 
         Parameters
         ----------
         grid_size : int
-            Grid points per input; modes closer than the spacing may merge.
+            Grid points per input; modes closer than the spacing may merge. Unused by
+            discrete families (every integer is a grid point).
         min_relative_density : float
             Drop maxima whose density is below this fraction of the highest one (numerical
             ripples between heavily overlapping components).
@@ -366,6 +402,14 @@ class PredictiveMixture:
             )
         grid_size = check_positive_int(grid_size, "grid_size", minimum=3)
         bounds = self.quantiles(np.array([5e-4, 1 - 5e-4]))[:, :, 0]  # (2, M)
+        if self.model.family.discrete:
+            modes: list[np.ndarray] = []
+            lower = np.maximum(bounds[0].astype(np.float64), self.model.family.support[0])
+            for part, grid in self._integer_blocks("modes()", lower, bounds[1]):
+                log_mass = part.log_prob_grid(grid)
+                modes.extend(_integer_modes(grid, log_mass.astype(np.float64),
+                                            min_relative_density))
+            return modes
         fractions = np.linspace(0.0, 1.0, grid_size)
         grid = bounds[0][:, None] + (bounds[1] - bounds[0])[:, None] * fractions  # (M, G)
         log_density = self.log_prob_grid(grid)
@@ -395,7 +439,10 @@ class PredictiveMixture:
         -------
         list of numpy.ndarray
             One float64 array of shape (num_intervals_i, 2) per input: rows of
-            ``[lower, upper]`` in increasing order.
+            ``[lower, upper]`` in increasing order. For a discrete family the region is the
+            smallest set of integers with mass >= `level` (highest probabilities first), and
+            each row is an inclusive run of integers ``lower, lower + 1, ..., upper``;
+            `grid_size` is then unused (every integer of the support range is evaluated).
 
         Examples
         --------
@@ -416,6 +463,13 @@ class PredictiveMixture:
         level = _check_level(level)
         self._require_one_output("hdr()", "Use quantiles() for per-output central intervals.")
         grid_size = check_positive_int(grid_size, "grid_size", minimum=16)
+        if self.model.family.discrete:
+            regions: list[np.ndarray] = []
+            for part, grid in self._integer_blocks("hdr()", *self._integer_support()):
+                log_mass = part._run(_log_prob_grid_kernel, (grid.astype(self.X_std.dtype),),
+                                     extra=grid.shape[1])
+                regions.extend(_integer_hdr(grid, np.exp(log_mass.astype(np.float64)), level))
+            return regions
         # Host blocks bound the (inputs, grid) arrays the interval search holds.
         block = max(1, self.max_elements // grid_size)
         fractions = np.linspace(0.0, 1.0, grid_size)
@@ -463,6 +517,10 @@ class PredictiveMixture:
           negative when the true value is near 0 (its standard error shrinks as
           ``1 / sqrt(num_samples)``), and it never exceeds log S.
 
+        For a discrete family the entropies are Shannon entropies of the probability masses
+        (in nats, >= 0) and ``"quadrature"`` sums ``-p log p`` exactly over every integer of
+        the support range (`grid_size` unused).
+
         Parameters
         ----------
         key : PRNG key, optional
@@ -492,6 +550,15 @@ class PredictiveMixture:
             self._require_one_output("method='quadrature'",
                                      "Use method='monte_carlo' with key=jax.random.key(0).")
             grid_size = check_positive_int(grid_size, "grid_size", minimum=16)
+            if self.model.family.discrete:
+                lower, upper = self._integer_support()
+                size = int(np.max(upper - lower)) + 1
+                next(self._integer_blocks("entropy_decomposition()", lower, upper))  # size check
+                size = 1 << (size - 1).bit_length()  # a power of two: fewer recompilations
+                bounds = (lower.astype(self.X_std.dtype), upper.astype(self.X_std.dtype))
+                total, expected = self._run(_entropy_grid_kernel, bounds, extra=size,
+                                            static=(size,))
+                return total, expected, total - expected
             # The trapezoid rule is spectrally accurate here: one point per interquartile
             # range already gets a Normal's entropy to ~1e-5.
             lower, upper, needed = self._support_grid(grid_size, 1.0)
@@ -513,6 +580,8 @@ class PredictiveMixture:
 
     def log_prob_grid(self, grid: Any) -> np.ndarray:
         """Log-density on a grid of y values per input (D = 1), e.g. for plotting.
+
+        For a discrete family this is the log probability mass: -inf at non-integers.
 
         Parameters
         ----------

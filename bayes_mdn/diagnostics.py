@@ -1,0 +1,751 @@
+"""Convergence and fit diagnostics that mean something for a mixture density network.
+
+R-hat and ESS on raw network weights are meaningless: hidden units and mixture components
+can be permuted (and tanh units sign-flipped) without changing the function, so chains that
+sample the same posterior over functions look unmixed in weight space. Everything here is
+computed on *function-space* quantities, invariant to those symmetries, at a fixed
+reference set of M inputs (by default 32 training rows stored at fit time, evenly spread
+along the inputs' first principal direction):
+
+* ``log_density`` (C, S, M): each draw's log density of the reference targets, original
+  units;
+* ``quantiles`` (C, S, Q, M, D): each draw's mixture quantiles (levels 0.1, 0.5, 0.9);
+* ``effective_components`` (C, S): ``exp(entropy)`` of the draw's mixing weights averaged
+  over the reference inputs.
+
+Their rank-normalised split R-hat and bulk/tail ESS (arviz), NUTS divergences and tree-depth
+saturation, the trend of the optimisation objective (is the ELBO still rising?), the Pareto
+k of variational and Laplace approximations (``info["pareto_k"]``, computed at the end of
+the fit by PSIS on ``log p(theta, y) - log q(theta)``), and component collapse (effective
+number of components, dead components, components stuck at the scale floor) are collected
+by :func:`diagnose`, which emits a :class:`ConvergenceWarning` with advice for each problem.
+:meth:`bayes_mdn.Posterior.summary` reports the same figures as text.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import statistics
+import warnings
+from collections.abc import Mapping
+from functools import partial
+from typing import TYPE_CHECKING, Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import numpyro.distributions as dist
+from jax.scipy.special import xlogy
+
+from bayes_mdn._validation import as_features, as_targets, check_positive_int, check_same_rows
+from bayes_mdn.predictive import DEFAULT_MAX_ELEMENTS
+from bayes_mdn.scaling import to_compute
+
+if TYPE_CHECKING:
+    import pandas
+
+    from bayes_mdn.model import MDN
+    from bayes_mdn.posterior import Posterior
+
+__all__ = [
+    "DEAD_WEIGHT",
+    "MAX_PARETO_K",
+    "MAX_RHAT",
+    "MIN_ESS_PER_CHAIN",
+    "QUANTILE_LEVELS",
+    "REFERENCE_POINTS",
+    "ConvergenceWarning",
+    "Diagnostics",
+    "Summary",
+    "diagnose",
+    "function_space_draws",
+    "objective_trend",
+    "pareto_k",
+    "reference_indices",
+]
+
+#: Size of the reference set of inputs.
+REFERENCE_POINTS = 32
+#: Levels of the per-draw quantiles.
+QUANTILE_LEVELS = (0.1, 0.5, 0.9)
+#: R-hat above this means the chains have not mixed (Vehtari et al., 2021).
+MAX_RHAT = 1.01
+#: Bulk and tail ESS below this many per chain are too few for reliable estimates.
+MIN_ESS_PER_CHAIN = 100
+#: Pareto k above this: importance sampling (and the approximation) is unreliable.
+MAX_PARETO_K = 0.7
+#: Log importance weights spread less than this are equal up to rounding (an exact q).
+CONSTANT_LOG_WEIGHTS = 1e-3
+#: A component whose weight stays below this at every reference input is dead.
+DEAD_WEIGHT = 1e-3
+#: A component scale within this relative distance of the family's floor is a floor hit.
+SCALE_FLOOR_TOLERANCE = 0.01
+#: Fraction of live component scales at the floor above which collapse is reported.
+MAX_SCALE_FLOOR_FRACTION = 0.01
+#: NUTS transitions at the maximum tree depth above this fraction are reported.
+MAX_TREE_DEPTH_FRACTION = 0.1
+#: The objective counts as still improving when the mean of its last 5 % of steps beats
+#: the previous 5 % by more than this many standard errors and this much per data row.
+TREND_WINDOW = 0.05
+TREND_Z = 3.0
+TREND_PER_ROW = 1e-3
+#: Bisection steps of the per-draw quantiles (to float32 resolution of the bracket).
+QUANTILE_ITERATIONS = 40
+
+
+class ConvergenceWarning(UserWarning):
+    """A fit has not converged or is unreliable; the message says what to do about it."""
+
+
+# --------------------------------------------------------------------------- reference set
+def reference_indices(X: Any, num_points: int = REFERENCE_POINTS) -> np.ndarray:
+    """Rows of `X` evenly spread along its first principal direction.
+
+    Deterministic: the same X gives the same rows.
+
+    Parameters
+    ----------
+    X : array-like, shape (N, P)
+    num_points : int
+        M, the number of rows to pick (all N rows if N <= M).
+
+    Returns
+    -------
+    numpy.ndarray of int, shape (min(M, N),)
+        Row indices, ordered along the principal direction.
+    """
+    X = np.asarray(X, np.float64)
+    num_points = check_positive_int(num_points, "num_points")
+    num_rows = X.shape[0]
+    sample = X[:: max(1, num_rows // 4096)]
+    centre = sample.mean(axis=0)
+    spread = sample.std(axis=0)
+    spread = np.where(spread > 0, spread, 1.0)
+    if X.shape[1] == 1:
+        direction = np.ones(1)
+    else:
+        z = (sample - centre) / spread
+        direction = np.linalg.eigh(z.T @ z)[1][:, -1]
+        direction = direction * np.sign(direction[np.argmax(np.abs(direction))])
+    order = np.argsort(((X - centre) / spread) @ direction, kind="stable")
+    if num_rows <= num_points:
+        return order
+    return order[np.linspace(0, num_rows - 1, num_points).round().astype(int)]
+
+
+def _reference_data(posterior: Posterior, X: Any, y: Any, num_points: int
+                    ) -> tuple[np.ndarray, np.ndarray | None]:
+    """Reference inputs (M, P) and targets (M, D) or None, in original units."""
+    if X is None and y is not None:
+        raise ValueError("`y` was given without `X`; pass the inputs X (N, P) of the same "
+                         "rows as well.")
+    if X is not None:
+        X_host = as_features(X, "X", num_features=posterior.num_features)
+        y_host = None
+        if y is not None:
+            y_host = as_targets(y, "y", num_outputs=posterior.num_outputs)
+            check_same_rows(X_host, y_host)
+            posterior.model.family.check_support(y_host, "y")
+        rows = reference_indices(X_host, num_points)
+        return X_host[rows], None if y_host is None else y_host[rows]
+    if "reference_X" in posterior.info:
+        X_host = np.asarray(posterior.info["reference_X"], np.float64)
+        y_ref = posterior.info.get("reference_y")
+        return X_host, None if y_ref is None else np.asarray(y_ref, np.float64)
+    # A Posterior built by hand: inputs at normal quantiles of every standardised feature.
+    normal = statistics.NormalDist()
+    z = np.array([[normal.inv_cdf((index + 0.5) / num_points)] for index in range(num_points)])
+    standardizer = posterior.standardizer
+    return standardizer.x_shift + standardizer.x_scale * z, None
+
+
+# --------------------------------------------------------------------------- per-draw kernel
+def _scale_floor(model: MDN) -> float | None:
+    """The scale (standardised units) at or below which a component sits on the floor."""
+    family = model.family
+    min_scale = getattr(family, "min_scale", None)
+    if not min_scale or getattr(family, "fixed_scale", None) is not None:
+        return None
+    return float(min_scale) * (1 + SCALE_FLOOR_TOLERANCE)
+
+
+def _has_quantiles(model: MDN) -> bool:
+    from bayes_mdn.families import Family
+
+    family = type(model.family)
+    return (family.marginal_icdf is not Family.marginal_icdf
+            and family.marginal_cdf is not Family.marginal_cdf)
+
+
+def _mixture_quantile(family, weights, params, level):
+    """Quantile (M, D) of one draw's mixture (weights (M, K), params (M, K, d)) by bisection
+    inside ``[min_k Q_k(level), max_k Q_k(level)]``, which provably contains it."""
+    component = family.marginal_icdf(params, jnp.asarray(level, weights.dtype))  # (M, K, D)
+    lower, upper = jnp.min(component, axis=1), jnp.max(component, axis=1)
+
+    def cdf(value):  # (M, D) -> (M, D)
+        return jnp.sum(weights[..., None] * family.marginal_cdf(params, value[:, None, :]),
+                       axis=1)
+
+    def step(_, bracket):
+        low, high = bracket
+        middle = 0.5 * (low + high)
+        below = cdf(middle) < level
+        return jnp.where(below, middle, low), jnp.where(below, high, middle)
+
+    lower, upper = jax.lax.fori_loop(0, QUANTILE_ITERATIONS, step, (lower, upper))
+    return 0.5 * (lower + upper)
+
+
+@partial(jax.jit, static_argnames=("model", "draw_batch", "has_y", "levels", "scale_floor"))
+def _function_space_kernel(model, draw_batch, has_y, levels, scale_floor, draws, X_std, y_std,
+                           y_shift, y_scale):
+    family = model.family
+
+    def one(params):
+        log_weights, component = model.mixture(params, X_std, y_scale)  # (M, K), (M, K, d)
+        weights = jnp.exp(log_weights)
+        mean_weights = jnp.mean(weights, axis=0)
+        out = {
+            "effective_components": jnp.exp(-jnp.sum(xlogy(mean_weights, mean_weights))),
+            "dead_components": jnp.sum(jnp.max(weights, axis=0) < DEAD_WEIGHT),
+        }
+        if has_y:
+            mixture = dist.MixtureSameFamily(dist.Categorical(logits=log_weights),
+                                             family.distribution(component))
+            out["log_density"] = mixture.log_prob(y_std)
+        if scale_floor is not None and "scale" in component:
+            scale = component["scale"]
+            live = jnp.broadcast_to((weights >= DEAD_WEIGHT)[..., None], scale.shape)
+            hits = jnp.sum(live & (scale <= scale_floor))
+            out["scale_floor_fraction"] = hits / jnp.maximum(jnp.sum(live), 1)
+        if levels:
+            original = family.to_original_units(component, y_shift, y_scale)
+            out["quantiles"] = jnp.stack([_mixture_quantile(family, weights, original, level)
+                                          for level in levels])  # (Q, M, D)
+        return out
+
+    return jax.lax.map(one, draws, batch_size=draw_batch)
+
+
+def function_space_draws(posterior: Posterior, X: Any = None, y: Any = None, *,
+                         num_points: int = REFERENCE_POINTS,
+                         max_elements: int = DEFAULT_MAX_ELEMENTS) -> dict[str, np.ndarray]:
+    """Per-draw function-space quantities at a reference set of inputs.
+
+    Parameters
+    ----------
+    posterior : Posterior
+    X : array-like, shape (N, P), optional
+        Inputs to pick the reference set from (`num_points` rows spread along the first
+        principal direction). Default: the training rows stored at fit time
+        (``info["reference_X"]``), or, for a Posterior built by hand, inputs at normal
+        quantiles of every standardised feature.
+    y : array-like, shape (N,) or (N, D), optional
+        Targets of the rows of `X`; needed for ``log_density`` when `X` is given.
+    num_points : int
+        M, the size of the reference set picked from `X`.
+    max_elements : int
+        Bound on the (draw, input, component, output) terms evaluated at once.
+
+    Returns
+    -------
+    dict of str to numpy.ndarray
+        ``X`` (M, P), ``y`` (M, D) if targets are known, ``log_density`` (C, S, M) if they
+        are (original units), ``quantiles`` (C, S, Q, M, D) at :data:`QUANTILE_LEVELS`,
+        ``effective_components`` (C, S), ``dead_components`` (C, S) (number of components
+        with weight below :data:`DEAD_WEIGHT` at every reference input) and, for families
+        with a ``scale`` parameter floored at ``min_scale``, ``scale_floor_fraction``
+        (C, S) (share of live component scales within 1 % of the floor). Families without
+        marginal quantiles give no ``quantiles``.
+    """
+    num_points = check_positive_int(num_points, "num_points")
+    max_elements = check_positive_int(max_elements, "max_elements")
+    X_ref, y_ref = _reference_data(posterior, X, y, num_points)
+    model, standardizer = posterior.model, posterior.standardizer
+    num_inputs = X_ref.shape[0]
+    levels = QUANTILE_LEVELS if _has_quantiles(model) else ()
+    per_draw = num_inputs * max(model.num_components * posterior.num_outputs,
+                                max(model.hidden_sizes, default=0), 1)
+    total = posterior.num_chains * posterior.num_draws
+    draw_batch = max(1, min(total, max_elements // per_draw))
+    X_std = standardizer.transform_X(X_ref)
+    y_std = (standardizer.transform_y(y_ref) if y_ref is not None
+             else jnp.zeros((num_inputs, posterior.num_outputs), X_std.dtype))
+    values = _function_space_kernel(
+        model, draw_batch, y_ref is not None, levels, _scale_floor(model),
+        jax.device_put(posterior.flat_draws()), X_std, y_std,
+        to_compute(standardizer.y_shift), to_compute(standardizer.y_scale))
+    shape = (posterior.num_chains, posterior.num_draws)
+    result = {name: np.asarray(value).reshape(*shape, *value.shape[1:])
+              for name, value in jax.device_get(values).items()}
+    if "log_density" in result:
+        result["log_density"] = (result["log_density"].astype(np.float64)
+                                 + standardizer.log_jacobian)
+    result["X"] = X_ref
+    if y_ref is not None:
+        result["y"] = y_ref
+    return result
+
+
+# --------------------------------------------------------------------------- Pareto k
+def _gpd_fit(exceedances: np.ndarray) -> float:
+    """Shape k of a generalised Pareto fit to sorted positive exceedances: the empirical
+    Bayes estimate of Zhang and Stephens (2009) with the weak prior of Vehtari et al.
+    (2024), as in PSIS."""
+    n = exceedances.size
+    prior_bs, prior_k = 3.0, 10.0
+    num_grid = 30 + int(math.sqrt(n))
+    b = 1 - np.sqrt(num_grid / (np.arange(1, num_grid + 1) - 0.5))
+    b = b / (prior_bs * exceedances[int(n / 4 + 0.5) - 1]) + 1 / exceedances[-1]
+    k = np.mean(np.log1p(-b[:, None] * exceedances), axis=1)
+    profile = n * (np.log(-(b / k)) - k - 1)
+    weights = 1 / np.sum(np.exp(profile - profile[:, None]), axis=1)
+    keep = weights >= 10 * np.finfo(float).eps
+    weights, b = weights[keep], b[keep]
+    b_post = np.sum(b * weights / np.sum(weights))
+    k_post = np.mean(np.log1p(-b_post * exceedances))
+    return float((n * k_post + prior_k * 0.5) / (n + prior_k))
+
+
+def pareto_k(log_weights: Any) -> float | None:
+    """Pareto-smoothed importance sampling shape estimate k-hat of importance log-weights.
+
+    For draws theta_s from an approximation q of a posterior p, pass
+    ``log p(theta_s, y) - log q(theta_s)``: k-hat < 0.5 means q is good for importance
+    sampling, k-hat > 0.7 that expectations under q are unreliable (Yao et al., 2018).
+
+    Parameters
+    ----------
+    log_weights : array-like, shape (S,)
+        Unnormalised log importance weights; non-finite entries are treated as weight 0.
+
+    Returns
+    -------
+    float or None
+        k-hat; 0.0 when all weights agree to within 0.1 % (q matches p up to rounding, and
+        the tied weights leave no tail to fit); None when the tail has fewer than 5 draws
+        (S below about 25) or no weight is finite.
+    """
+    values = np.asarray(log_weights, np.float64).reshape(-1)
+    values = values[np.isfinite(values)]
+    if values.size == 0:
+        return None
+    if np.ptp(values) < CONSTANT_LOG_WEIGHTS:
+        return 0.0
+    values = values - values.max()
+    tail_length = math.ceil(min(0.2 * values.size, 3 * math.sqrt(values.size)))
+    ordered = np.sort(values)
+    cutoff = max(ordered[-tail_length - 1] if tail_length < ordered.size else -np.inf,
+                 np.log(np.finfo(float).tiny))
+    tail = ordered[ordered > cutoff]
+    if tail.size <= 4:
+        return None
+    exceedances = np.exp(tail) - np.exp(cutoff)
+    if not np.all(exceedances[1:] > 0):
+        exceedances = np.maximum(exceedances, np.finfo(float).tiny)
+    k = _gpd_fit(exceedances)
+    return k if np.isfinite(k) else None
+
+
+# --------------------------------------------------------------------------- objective trend
+def objective_trend(posterior: Posterior) -> dict[str, Any] | None:
+    """Is the optimisation objective still improving at the end of the fit?
+
+    Compares the mean objective (the ELBO for SVI, minus the loss for MAP and ensembles, the
+    MAP stage's for Laplace) over the last 5 % of steps with the 5 % before. The standard
+    error uses batch means (5 batches per window) against the autocorrelated noise of
+    stochastic optimisation.
+
+    Returns
+    -------
+    dict or None
+        ``objective`` (name), ``num_steps``, ``improvement`` (total objective),
+        ``improvement_per_row``, ``z`` (improvement / standard error, None if the objective
+        is noise-free) and ``still_improving`` (z > 3 and more than 1e-3 nats per row).
+        None without a trace of at least 200 finite steps.
+    """
+    history = posterior.history
+    if "elbo" in history:
+        name, trace = "ELBO", np.asarray(history["elbo"], np.float64)
+    elif "loss" in history:
+        name, trace = "loss", -np.asarray(history["loss"], np.float64)
+    elif "map_loss" in history:
+        name, trace = "loss of the MAP stage", -np.asarray(history["map_loss"], np.float64)
+    else:
+        return None
+    if trace.ndim > 1:  # (members, steps)
+        trace = trace.mean(axis=tuple(range(trace.ndim - 1)))
+    window = round(TREND_WINDOW * trace.size)
+    if window < 10 or not np.isfinite(trace[-2 * window:]).all():
+        return None
+    early, late = trace[-2 * window:-window], trace[-window:]
+    improvement = float(late.mean() - early.mean())
+    batch_means = [np.array([part.mean() for part in np.array_split(part_window, 5)])
+                   for part_window in (early, late)]
+    error = math.sqrt(sum(float(np.var(means, ddof=1)) / means.size for means in batch_means))
+    z = improvement / error if error > 0 else None
+    num_rows = int(posterior.info.get("num_rows") or 1)
+    per_row = improvement / num_rows
+    still = per_row > TREND_PER_ROW and (z is None or z > TREND_Z)
+    return {"objective": name, "num_steps": int(trace.size), "improvement": improvement,
+            "improvement_per_row": per_row, "z": None if z is None else float(z),
+            "still_improving": bool(still)}
+
+
+# --------------------------------------------------------------------------- diagnose
+def _finite(value: Any) -> float | None:
+    value = float(value)
+    return value if np.isfinite(value) else None
+
+
+def _convergence(quantities: Mapping[str, np.ndarray]) -> dict[str, dict[str, float | None]]:
+    """Worst R-hat and ESS per quantity; constant quantities count as converged."""
+    from bayes_mdn._arviz import rhat_ess
+
+    stats = rhat_ess(quantities)
+    report: dict[str, dict[str, float | None]] = {}
+    for name, values in quantities.items():
+        flat = values.reshape(values.shape[0], values.shape[1], -1)
+        constant = np.ptp(flat, axis=(0, 1)) == 0
+        total = float(flat.shape[0] * flat.shape[1])
+        entry = {}
+        for stat, worst, fill in (("rhat", np.max, 1.0), ("ess_bulk", np.min, total),
+                                  ("ess_tail", np.min, total)):
+            if stat not in stats:
+                entry[stat] = None
+                continue
+            value = np.asarray(stats[stat][name], np.float64).reshape(-1)
+            value = np.where(constant, fill, value)
+            value = value[np.isfinite(value)]
+            entry[stat] = float(worst(value)) if value.size else None
+        report[name] = entry
+    return report
+
+
+def _worst(values: list[float | None], reduce) -> float | None:
+    values = [value for value in values if value is not None]
+    return float(reduce(values)) if values else None
+
+
+@dataclasses.dataclass(frozen=True)
+class Diagnostics:
+    """What :func:`diagnose` found. Every figure is a float, int, bool or None (never NaN).
+
+    Attributes
+    ----------
+    method : str
+    num_chains, num_draws : int
+    num_reference_points : int
+        M, the inputs the function-space quantities are evaluated at.
+    convergence : dict
+        Per function-space quantity (``log_density``, ``quantiles``,
+        ``effective_components``): worst ``rhat`` (max), ``ess_bulk`` and ``ess_tail``
+        (min); empty unless the fit has several chains (or is NUTS) with >= 4 draws each.
+    max_rhat, min_ess_bulk, min_ess_tail : float or None
+        The worst over all quantities.
+    num_divergent, num_transitions : int or None
+        NUTS divergences among all post-warmup transitions.
+    fraction_max_tree_depth : float or None
+        NUTS transitions that hit ``max_tree_depth``.
+    effective_components : float
+        ``exp(entropy)`` of the mixing weights averaged over the reference inputs, mean over
+        draws: between 1 and K.
+    dead_components : float
+        Components with weight below 1e-3 at every reference input, mean per draw.
+    scale_floor_fraction : float or None
+        Share of live component scales within 1 % of the family's ``min_scale``.
+    pareto_k : float or None
+        PSIS k-hat of an SVI or Laplace approximation (from ``info["pareto_k"]``).
+    objective : dict or None
+        See :func:`objective_trend`.
+    warnings : tuple of str
+        One message with advice per problem found.
+    """
+
+    method: str
+    num_chains: int
+    num_draws: int
+    num_components: int
+    num_reference_points: int
+    convergence: dict[str, dict[str, float | None]]
+    max_rhat: float | None
+    min_ess_bulk: float | None
+    min_ess_tail: float | None
+    num_divergent: int | None
+    num_transitions: int | None
+    fraction_max_tree_depth: float | None
+    effective_components: float
+    dead_components: float
+    scale_floor_fraction: float | None
+    pareto_k: float | None
+    objective: dict[str, Any] | None
+    warnings: tuple[str, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-serialisable dict of every field."""
+        result = dataclasses.asdict(self)
+        result["warnings"] = list(self.warnings)
+        return result
+
+    def __str__(self) -> str:
+        return format_report(self.summary_fields() | {"method": self.method,
+                                                      "num_chains": self.num_chains,
+                                                      "num_draws": self.num_draws})
+
+    def summary_fields(self) -> dict[str, Any]:
+        """The flat figures :meth:`bayes_mdn.Posterior.summary` reports."""
+        objective = self.objective or {}
+        return {
+            "num_components": self.num_components,
+            "num_reference_points": self.num_reference_points,
+            "max_rhat": self.max_rhat,
+            "min_ess_bulk": self.min_ess_bulk,
+            "min_ess_tail": self.min_ess_tail,
+            "fraction_max_tree_depth": self.fraction_max_tree_depth,
+            "effective_components": self.effective_components,
+            "dead_components": self.dead_components,
+            "scale_floor_fraction": self.scale_floor_fraction,
+            "pareto_k": self.pareto_k,
+            "objective_still_improving": objective.get("still_improving"),
+            "objective_improvement_per_row": objective.get("improvement_per_row"),
+            "warnings": list(self.warnings),
+        }
+
+
+def _advice(report: dict[str, Any], posterior: Posterior) -> list[str]:
+    """One message per problem, each saying what was found and what to do."""
+    messages = []
+    chains = posterior.num_chains
+    if report["max_rhat"] is not None and report["max_rhat"] > MAX_RHAT:
+        worst = max(report["convergence"],
+                    key=lambda name: report["convergence"][name]["rhat"] or 0.0)
+        messages.append(
+            f"Function-space R-hat is {report['max_rhat']:.3f} (> {MAX_RHAT}, worst for "
+            f"{worst}): the chains have not mixed and describe different predictive "
+            "distributions. Run longer (more num_warmup and num_samples), start the chains "
+            "from an ensemble (init=ensemble_fit), or use the chains as an ensemble of modes "
+            "rather than as one posterior."
+        )
+    ess = [value for value in (report["min_ess_bulk"], report["min_ess_tail"])
+           if value is not None]
+    if report["max_rhat"] is not None and ess and min(ess) < MIN_ESS_PER_CHAIN * chains:
+        messages.append(
+            f"Function-space ESS is low: bulk {report['min_ess_bulk']:.0f}, tail "
+            f"{report['min_ess_tail']:.0f} for {chains} chains (want at least "
+            f"{MIN_ESS_PER_CHAIN} per chain, {MIN_ESS_PER_CHAIN * chains}). Draw more "
+            "samples (num_samples) or more chains before trusting intervals and tails."
+        )
+    if report["num_divergent"]:
+        messages.append(
+            f"{report['num_divergent']} of {report['num_transitions']} NUTS transitions "
+            "diverged: the sampler missed regions of high curvature and the draws may be "
+            "biased. Raise target_accept_prob (e.g. 0.95), use a stronger prior (e.g. "
+            "bayes_mdn.priors.FanInNormal(0.5)) or a larger family min_scale, and start from "
+            "an ensemble (init=)."
+        )
+    depth = report["fraction_max_tree_depth"]
+    if depth is not None and depth > MAX_TREE_DEPTH_FRACTION:
+        messages.append(
+            f"{depth:.0%} of NUTS transitions hit max_tree_depth="
+            f"{posterior.info.get('max_tree_depth')}: trajectories were cut short, so the "
+            "chains move slowly. Raise max_tree_depth, or use dense_mass=True for a small "
+            "network."
+        )
+    objective = report["objective"]
+    if objective is not None and objective["still_improving"]:
+        z = "" if objective["z"] is None else f", {objective['z']:.1f} standard errors"
+        messages.append(
+            f"The {objective['objective']} was still improving at the end of the "
+            f"{objective['num_steps']} steps ({objective['improvement_per_row']:+.3g} nats per "
+            f"row between the last two 5% windows{z}): the optimisation has not converged. "
+            "Run more num_steps, or use lr_schedule='cosine' to settle it."
+        )
+    if report["pareto_k"] is not None and report["pareto_k"] > MAX_PARETO_K:
+        messages.append(
+            f"Pareto k of the {posterior.method} approximation is {report['pareto_k']:.2f} "
+            f"(> {MAX_PARETO_K}): it is far from the posterior and its uncertainty is not "
+            "reliable. Use a richer guide (guide='lowrank', 'mvn' or 'flow'), or "
+            "method='nuts' with init= this fit's MAP or an ensemble."
+        )
+    num_components = posterior.model.num_components
+    if num_components > 1 and report["dead_components"] >= 0.5:
+        messages.append(
+            f"Component collapse: {report['dead_components']:.1f} of K={num_components} "
+            f"components are dead (weight < {DEAD_WEIGHT} at every reference input) and the "
+            f"effective number of components is {report['effective_components']:.1f}. Use "
+            f"fewer components (num_components={max(1, round(report['effective_components']))}"
+            " or so) or a prior that keeps the mixing logits small."
+        )
+    floor = report["scale_floor_fraction"]
+    if floor is not None and floor > MAX_SCALE_FLOOR_FRACTION:
+        messages.append(
+            f"{floor:.1%} of live component scales sit at the family's min_scale floor: "
+            "components collapsed onto single points and densities there are unreliable. "
+            "Raise min_scale (e.g. bayes_mdn.families.Normal(min_scale=0.01)) or put a "
+            "stronger prior on the scale head."
+        )
+    return messages
+
+
+def diagnose(posterior: Posterior, X: Any = None, y: Any = None, *,
+             num_points: int = REFERENCE_POINTS, warn: bool = True) -> Diagnostics:
+    """Check a fit for convergence problems and component collapse.
+
+    Parameters
+    ----------
+    posterior : Posterior
+    X, y : array-like, optional
+        Reference data, shapes (N, P) and (N,) or (N, D); see :func:`function_space_draws`.
+        Default: the training rows stored at fit time.
+    num_points : int
+        M, reference inputs picked from `X`.
+    warn : bool
+        Emit a :class:`ConvergenceWarning` for each problem found.
+
+    Returns
+    -------
+    Diagnostics
+
+    Warns
+    -----
+    ConvergenceWarning
+        For function-space R-hat > 1.01, ESS below 100 per chain, NUTS divergences or
+        saturated tree depth, an objective still improving, Pareto k > 0.7, dead
+        components or components at the scale floor.
+    """
+    if not isinstance(warn, bool):
+        raise TypeError(f"`warn` must be True or False; got {warn!r}.")
+    values = function_space_draws(posterior, X, y, num_points=num_points)
+    chains, draws = posterior.num_chains, posterior.num_draws
+    convergence: dict[str, dict[str, float | None]] = {}
+    if (chains >= 2 or posterior.method == "nuts") and draws >= 4:
+        convergence = _convergence({name: values[name] for name in
+                                    ("log_density", "quantiles", "effective_components")
+                                    if name in values})
+    stats = posterior.sample_stats
+    num_divergent = num_transitions = fraction_depth = None
+    if "diverging" in stats:
+        num_divergent = int(np.sum(stats["diverging"]))
+        num_transitions = int(stats["diverging"].size)
+    max_depth = posterior.info.get("max_tree_depth")
+    if "tree_depth" in stats and max_depth is not None:
+        fraction_depth = float(np.mean(stats["tree_depth"] >= max_depth))
+    pareto = posterior.info.get("pareto_k")
+    report = {
+        "convergence": convergence,
+        "max_rhat": _worst([entry["rhat"] for entry in convergence.values()], max),
+        "min_ess_bulk": _worst([entry["ess_bulk"] for entry in convergence.values()], min),
+        "min_ess_tail": _worst([entry["ess_tail"] for entry in convergence.values()], min),
+        "num_divergent": num_divergent,
+        "num_transitions": num_transitions,
+        "fraction_max_tree_depth": fraction_depth,
+        "effective_components": float(np.mean(values["effective_components"])),
+        "dead_components": float(np.mean(values["dead_components"])),
+        "scale_floor_fraction": (_finite(np.mean(values["scale_floor_fraction"]))
+                                 if "scale_floor_fraction" in values else None),
+        "pareto_k": None if pareto is None else _finite(pareto),
+        "objective": objective_trend(posterior),
+    }
+    messages = _advice(report, posterior)
+    if warn:
+        for message in messages:
+            warnings.warn(message, ConvergenceWarning, stacklevel=2)
+    return Diagnostics(method=posterior.method, num_chains=chains, num_draws=draws,
+                       num_components=posterior.model.num_components,
+                       num_reference_points=int(values["X"].shape[0]),
+                       warnings=tuple(messages), **report)
+
+
+# --------------------------------------------------------------------------- summary
+def _number(value: Any, spec: str) -> str:
+    return "n/a" if value is None else format(value, spec)
+
+
+def format_report(report: Mapping[str, Any]) -> str:
+    """The text form of :meth:`bayes_mdn.Posterior.summary`."""
+    lines = [f"bayes_mdn posterior: method={report.get('method')!r}, "
+             f"{report.get('num_chains')} chain(s) x {report.get('num_draws')} draw(s)"]
+
+    def row(label: str, text: str) -> None:
+        lines.append(f"  {label:<28}{text}")
+
+    def section(title: str) -> None:
+        lines.append(title)
+
+    section("Fit")
+    if report.get("num_parameters") is not None:
+        row("parameters", str(report["num_parameters"]))
+    if report.get("fit_seconds") is not None:
+        row("fit time", f"{report['fit_seconds']:.1f} s")
+    if report.get("final_loss") is not None:
+        row("final loss", f"{report['final_loss']:.6g}")
+    for name in ("train_log_likelihood", "test_log_likelihood"):
+        if report.get(name) is not None:
+            row(name.replace("_", " ") + " / row", f"{report[name]:.4f}")
+    if report.get("objective_still_improving") is not None:
+        row("objective still improving", "yes" if report["objective_still_improving"]
+            else "no")
+    if report.get("pareto_k") is not None:
+        row("Pareto k", f"{report['pareto_k']:.2f}  (reliable below {MAX_PARETO_K})")
+    if report.get("num_divergent") is not None or report.get("mean_tree_depth") is not None:
+        section("NUTS")
+        if report.get("num_divergent") is not None:
+            row("divergent transitions", str(report["num_divergent"]))
+        if report.get("mean_tree_depth") is not None:
+            row("mean tree depth", f"{report['mean_tree_depth']:.2f}")
+        if report.get("fraction_max_tree_depth") is not None:
+            row("at max tree depth", f"{report['fraction_max_tree_depth']:.0%}")
+    if report.get("max_rhat") is not None or report.get("min_ess_bulk") is not None:
+        section(f"Function space ({report.get('num_reference_points')} reference inputs)")
+        row("max R-hat", f"{_number(report.get('max_rhat'), '.3f')}  (want <= {MAX_RHAT})")
+        row("min bulk / tail ESS", f"{_number(report.get('min_ess_bulk'), '.0f')} / "
+            f"{_number(report.get('min_ess_tail'), '.0f')}")
+    if report.get("effective_components") is not None:
+        section("Mixture components")
+        row("effective number", f"{report['effective_components']:.2f} of "
+            f"K={report.get('num_components')}")
+        row("dead (per draw)", f"{report['dead_components']:.2f}")
+        if report.get("scale_floor_fraction") is not None:
+            row("scales at the floor", f"{report['scale_floor_fraction']:.1%}")
+    messages = report.get("warnings") or []
+    section("Warnings" if messages else "Warnings: none")
+    for message in messages:
+        lines.append(f"  - {message}")
+    return "\n".join(lines)
+
+
+class Summary(dict):
+    """The report of :meth:`bayes_mdn.Posterior.summary`: a dict that prints as text.
+
+    Index it like a dict (``summary["num_divergent"]``), ``print`` it for a readable report,
+    or convert it with :meth:`to_dict` and :meth:`to_dataframe`.
+    """
+
+    def __str__(self) -> str:
+        return format_report(self)
+
+    def _repr_pretty_(self, printer: Any, cycle: bool) -> None:  # IPython / Jupyter
+        printer.text(str(self))
+
+    def to_dict(self) -> dict[str, Any]:
+        """A plain (JSON-serialisable) dict copy."""
+        return {name: list(value) if isinstance(value, (list, tuple)) else value
+                for name, value in self.items()}
+
+    def to_dataframe(self) -> pandas.DataFrame:
+        """One row per figure, column ``value`` (warnings joined by newlines).
+
+        Raises
+        ------
+        ImportError
+            If pandas is not installed.
+        """
+        try:
+            import pandas
+        except ImportError:
+            raise ImportError("Summary.to_dataframe needs pandas: pip install pandas") from None
+        values = {name: "\n".join(value) if name == "warnings" else value
+                  for name, value in self.items()}
+        return pandas.DataFrame({"value": pandas.Series(values, dtype=object)})
