@@ -60,6 +60,7 @@ nb_execution_raise_on_error = True  # a failing notebook fails the build
 nb_execution_show_tb = True
 nb_execution_cache_path = str(Path(__file__).parent / "_build" / ".jupyter_cache")
 nb_merge_streams = True
+nb_render_markdown_format = "gfm"  # Markdown outputs (result tables) may hold tables
 
 # --- HTML -----------------------------------------------------------------------------------
 html_theme = "pydata_sphinx_theme"
