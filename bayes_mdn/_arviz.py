@@ -172,7 +172,7 @@ def log_likelihood(posterior: Posterior, X: Any, y: Any, *,
         raise ValueError("log_likelihood needs the data: pass X (N, P) and y (N, D).")
     max_elements = check_positive_int(max_elements, "max_elements")
     model, standardizer = posterior.model, posterior.standardizer
-    draws = jax.device_put(posterior.flat_draws())
+    draws = jax.device_put(posterior.prediction_draws())
     total = posterior.num_chains * posterior.num_draws
     num_rows = X_host.shape[0]
     rows, draw_batch = _plan(num_rows, total, _per_row(model, posterior.num_outputs),
@@ -210,7 +210,7 @@ def posterior_predictive(posterior: Posterior, X: Any, *, key: jax.Array,
     X_host, _ = _check_data(posterior, X, None)
     max_elements = check_positive_int(max_elements, "max_elements")
     model, standardizer = posterior.model, posterior.standardizer
-    draws = jax.device_put(posterior.flat_draws())
+    draws = jax.device_put(posterior.prediction_draws())
     total = posterior.num_chains * posterior.num_draws
     num_rows = X_host.shape[0]
     rows, draw_batch = _plan(num_rows, total, _per_row(model, posterior.num_outputs),

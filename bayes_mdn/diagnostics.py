@@ -275,7 +275,7 @@ def function_space_draws(posterior: Posterior, X: Any = None, y: Any = None, *,
              else jnp.zeros((num_inputs, posterior.num_outputs), X_std.dtype))
     values = _function_space_kernel(
         model, draw_batch, y_ref is not None, levels, _scale_floor(model),
-        jax.device_put(posterior.flat_draws()), X_std, y_std,
+        jax.device_put(posterior.prediction_draws()), X_std, y_std,
         to_compute(standardizer.y_shift), to_compute(standardizer.y_scale))
     shape = (posterior.num_chains, posterior.num_draws)
     result = {name: np.asarray(value).reshape(*shape, *value.shape[1:])

@@ -5,7 +5,8 @@ File format (``format_version`` 1): a ZIP archive holding
 * ``metadata.json``: ``{"format": "bayes_mdn.posterior", "format_version": 1, "model": ...,
   "method": ..., "info": ..., "versions": ..., "arrays": [names]}``;
 * one ``.npy`` member per array: ``draws/<site>.npy`` (C, S, ...), ``history/<name>.npy``,
-  ``sample_stats/<name>.npy`` (C, S; sampler statistics, NUTS only) and
+  ``sample_stats/<name>.npy`` (C, S; sampler statistics, NUTS only),
+  ``linearised_at/<site>.npy`` (the linearisation point of a linearised Laplace fit) and
   ``standardizer/<name>.npy``.
 
 Arrays are read with ``allow_pickle=False`` and every member is CRC-checked by the ZIP
@@ -77,6 +78,9 @@ def save(posterior: Posterior, path: str | os.PathLike) -> None:
     arrays.update({f"history/{k}": np.asarray(v) for k, v in posterior.history.items()})
     arrays.update({f"sample_stats/{k}": np.asarray(v)
                    for k, v in posterior.sample_stats.items()})
+    if posterior.linearised_at is not None:
+        arrays.update({f"linearised_at/{k}": np.asarray(v)
+                       for k, v in posterior.linearised_at.items()})
     arrays.update({f"standardizer/{k}": v
                    for k, v in posterior.standardizer.to_arrays().items()})
     metadata = {
@@ -220,4 +224,6 @@ def load(path: str | os.PathLike) -> Posterior:
         history=group("history"),
         sample_stats=group("sample_stats"),
         info=metadata.get("info", {}),
+        linearised_at=({name: jnp.asarray(value) for name, value in linearised.items()}
+                       if (linearised := group("linearised_at")) else None),
     )

@@ -83,14 +83,15 @@ def _check_predictive(pred: Any, function: str) -> PredictiveMixture:
 
 
 def _check_targets(pred: PredictiveMixture, y: Any) -> np.ndarray:
-    """y as (N, D) in the compute dtype, one row per input of `pred`."""
+    """y as (N, D) float64 (the predictive standardises it before any cast), one row per
+    input of `pred`."""
     values = as_targets(y, "y", num_outputs=pred.num_outputs)
     if values.shape[0] != pred.num_inputs:
         raise ValueError(
             f"`y` must have one row per input of the predictive ({pred.num_inputs}); got "
             f"{values.shape[0]} rows. Build the predictive at the inputs where y was observed."
         )
-    return values.astype(pred.X_std.dtype)
+    return values
 
 
 def _check_levels(levels: Any) -> np.ndarray:
@@ -381,7 +382,8 @@ def crps(
         grid_size = check_positive_int(grid_size, "grid_size", minimum=16)
     if key is not None:
         key = check_key(key)
-    targets = _check_targets(pred, y)
+    # The kernels work in standardised units of y; CRPS scales with y_scale.
+    targets = pred._to_standardised(_check_targets(pred, y))
     family = _family_name(pred)
     terms = pred.num_draws * pred.num_components
     if method == "auto":
@@ -402,9 +404,10 @@ def crps(
                             f"{family!r}) and needs `key`, e.g. key=jax.random.key(0).")
         scores = pred._run(_crps_sample_kernel, (targets,), static=(num_samples,), key=key,
                            extra=num_samples, per_input=num_samples * pred.num_components)
+    scores = scores.astype(np.float64) * pred.standardizer.y_scale
     if pointwise:
-        return scores
-    return np.mean(scores.astype(np.float64), axis=0)
+        return scores.astype(pred.X_std.dtype)
+    return np.mean(scores, axis=0)
 
 
 # --------------------------------------------------------------------------- PIT

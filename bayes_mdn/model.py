@@ -23,6 +23,9 @@ if TYPE_CHECKING:
 __all__ = ["MDN"]
 
 LOGITS = "logits"
+#: Draw entries named ``LINEARISED_PREFIX + site`` hold the point at which the network is
+#: linearised (Laplace's linearised predictive); see :meth:`MDN.mixture`.
+LINEARISED_PREFIX = "linearised_at:"
 
 
 @dataclass(frozen=True)
@@ -159,7 +162,9 @@ class MDN:
         ----------
         params : mapping of str to Array
             One value per latent site (see :meth:`latent_shapes`; no leading draw axes,
-            vmap for several draws).
+            vmap for several draws). Entries named ``LINEARISED_PREFIX + site`` (see
+            :meth:`Posterior.prediction_draws <bayes_mdn.Posterior.prediction_draws>`) make
+            the heads those of the network linearised at that point.
         X_std : Array, shape (N, P)
             Standardised inputs.
         y_scale : Array, shape (D,)
@@ -172,10 +177,14 @@ class MDN:
         component_params : dict of str to Array, each (N, K, d)
         """
         num_outputs = y_scale.shape[-1]
-        layout = self.layout(X_std.shape[-1], num_outputs)
-        weights = self.network_weights(params, X_std.shape[-1], num_outputs)
-        inputs = X_std if self.network is None else self.network.apply(weights, X_std)
-        raw = network.apply(weights, inputs, layout, self.activation)
+        centre = {name[len(LINEARISED_PREFIX):]: value for name, value in params.items()
+                  if name.startswith(LINEARISED_PREFIX)}
+        if centre:
+            params = {name: value for name, value in params.items()
+                      if not name.startswith(LINEARISED_PREFIX)}
+            raw = self._linearised_outputs(params, centre, X_std, num_outputs)
+        else:
+            raw = self._raw_outputs(params, X_std, num_outputs)
         log_weights = jax.nn.log_softmax(raw[LOGITS], axis=-1)
         batch = X_std.shape[:-1]
         heads = {
@@ -187,6 +196,30 @@ class MDN:
             latents = {name: params[name] for name in family_sites}
             return log_weights, self.family.constrain(heads, y_scale, latents)
         return log_weights, self.family.constrain(heads, y_scale)
+
+    def _raw_outputs(self, latents: Mapping[str, jax.Array], X_std: jax.Array,
+                     num_outputs: int) -> dict[str, jax.Array]:
+        """Every head's raw output ``{head: (N, width)}`` before any constraint."""
+        layout = self.layout(X_std.shape[-1], num_outputs)
+        weights = self.network_weights(latents, X_std.shape[-1], num_outputs)
+        inputs = X_std if self.network is None else self.network.apply(weights, X_std)
+        return network.apply(weights, inputs, layout, self.activation)
+
+    def _linearised_outputs(self, latents: Mapping[str, jax.Array],
+                            centre: Mapping[str, jax.Array], X_std: jax.Array,
+                            num_outputs: int) -> dict[str, jax.Array]:
+        """Raw head outputs of the network linearised at `centre` (first-order Taylor
+        expansion in the latents, one Jacobian-vector product):
+        ``f(centre) + J(centre) (latents - centre)``.
+
+        The sites of `centre` are the network's latents; other entries of `latents` (a
+        family's own sites) are not linearised.
+        """
+        tangent = {name: latents[name] - value for name, value in centre.items()}
+        at_centre, change = jax.jvp(
+            lambda point: self._raw_outputs(point, X_std, num_outputs), (dict(centre),),
+            (tangent,))
+        return {name: at_centre[name] + change[name] for name in at_centre}
 
     def numpyro_model(
         self,

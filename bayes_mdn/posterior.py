@@ -10,10 +10,11 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from bayes_mdn._validation import as_features, check_column_names, check_positive_int
-from bayes_mdn.model import MDN
+from bayes_mdn.model import LINEARISED_PREFIX, MDN
 from bayes_mdn.predictive import DEFAULT_MAX_ELEMENTS, PredictiveMixture
 from bayes_mdn.scaling import Standardizer
 
@@ -63,6 +64,11 @@ class Posterior:
         Per-draw sampler statistics, each (C, S): for NUTS ``diverging``, ``tree_depth``,
         ``num_steps`` (leapfrog steps), ``step_size``, ``accept_prob``, ``energy``,
         ``potential_energy``. Empty for other methods.
+    linearised_at : mapping of str to Array, optional
+        For Laplace's linearised predictive: the network's latent sites at the point where
+        the network is linearised (the MAP estimate; no leading axes). Every prediction
+        from a draw then uses ``f(centre) + J(centre) (draw - centre)`` for the raw heads
+        instead of ``f(draw)`` (see :meth:`prediction_draws`). None: the network itself.
     """
 
     model: MDN
@@ -72,9 +78,21 @@ class Posterior:
     history: Mapping[str, np.ndarray] = field(default_factory=dict)
     info: Mapping[str, Any] = field(default_factory=dict)
     sample_stats: Mapping[str, np.ndarray] = field(default_factory=dict)
+    linearised_at: Mapping[str, jax.Array] | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "draws", MappingProxyType(dict(self.draws)))
+        if self.linearised_at is not None:
+            centre = dict(self.linearised_at)
+            unknown = sorted(set(centre) - set(self.draws))
+            if unknown:
+                raise ValueError(f"`linearised_at` names sites that are not drawn: {unknown}.")
+            for name, value in centre.items():
+                if tuple(value.shape) != tuple(self.draws[name].shape[2:]):
+                    raise ValueError(
+                        f"`linearised_at[{name!r}]` has shape {tuple(value.shape)}; the site's "
+                        f"draws have shape {tuple(self.draws[name].shape[2:])} per draw.")
+            object.__setattr__(self, "linearised_at", MappingProxyType(centre))
         object.__setattr__(self, "history", _frozen_arrays(self.history))
         object.__setattr__(self, "info", MappingProxyType(dict(self.info)))
         object.__setattr__(self, "sample_stats", _frozen_arrays(self.sample_stats))
@@ -108,6 +126,25 @@ class Posterior:
     def flat_draws(self) -> dict[str, jax.Array]:
         """Draws with chains and draws merged: each site ``(C * S, *site_shape)``."""
         return {name: value.reshape(-1, *value.shape[2:]) for name, value in self.draws.items()}
+
+    def prediction_draws(self) -> dict[str, jax.Array]:
+        """What every prediction evaluates: :meth:`flat_draws`, plus for a linearised
+        posterior (``linearised_at`` set) the linearisation point repeated per draw under
+        ``LINEARISED_PREFIX + site`` (read by :meth:`MDN.mixture <bayes_mdn.MDN.mixture>`).
+
+        Returns
+        -------
+        dict of str to Array
+            Each entry (C * S, *site_shape).
+        """
+        draws = self.flat_draws()
+        if self.linearised_at is None:
+            return draws
+        total = self.num_chains * self.num_draws
+        for name, value in self.linearised_at.items():
+            draws[LINEARISED_PREFIX + name] = jnp.broadcast_to(
+                jnp.asarray(value), (total, *jnp.shape(value)))
+        return draws
 
     def thin(self, step: int | None = None, *, num_draws: int | None = None) -> Posterior:
         """A posterior with fewer draws per chain, to trade accuracy for prediction speed.
@@ -177,7 +214,7 @@ class Posterior:
         X_checked = as_features(X, "X", num_features=self.num_features)
         check_column_names(X, self.info.get("feature_names"), "X")
         max_elements = check_positive_int(max_elements, "max_elements")
-        draws = self.flat_draws()
+        draws = self.prediction_draws()
         if num_draws is not None:
             total = self.num_chains * self.num_draws
             num_draws = check_positive_int(num_draws, "num_draws")

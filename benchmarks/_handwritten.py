@@ -14,7 +14,8 @@ import numpy as np
 import numpyro
 import numpyro.distributions as dist
 import optax
-from numpyro.infer import MCMC, NUTS, SVI, Trace_ELBO
+from numpyro.handlers import seed, substitute, trace
+from numpyro.infer import MCMC, NUTS, SVI, Trace_ELBO, TraceMeanField_ELBO
 from numpyro.infer.autoguide import (
     AutoLowRankMultivariateNormal,
     AutoMultivariateNormal,
@@ -23,6 +24,7 @@ from numpyro.infer.autoguide import (
 from numpyro.infer.util import log_density, log_likelihood
 
 HEADS = ("logits", "loc", "scale")
+FISHER_REPLICATES = 8
 
 
 def standardise(X, y):
@@ -89,22 +91,29 @@ def make_ensemble(model, X, y, num_steps: int, learning_rate: float = 0.01):
 
 
 def make_svi(model, X, y, guide: str, num_steps: int, num_draws: int,
-             learning_rate: float = 0.005, init_scale: float = 0.01):
+             learning_rate: float = 0.005, init_scale: float = 0.01, num_particles: int = 1,
+             lr_schedule: str = "constant"):
     """Compiled ``(init, key) -> draws``: SVI from a MAP point (svi.update in a lax.scan),
-    then posterior draws."""
+    then posterior draws. The mean-field guide uses TraceMeanField_ELBO (closed-form KL),
+    the others Trace_ELBO, as bayes_mdn does."""
     if guide == "normal":
         auto = AutoNormal(model, init_scale=init_scale)
     else:
         cls = AutoLowRankMultivariateNormal if guide == "lowrank" else AutoMultivariateNormal
         auto = cls(model, init_scale=init_scale)
-    svi = SVI(model, auto, optax.adam(learning_rate), Trace_ELBO())
+    rate = (optax.cosine_decay_schedule(learning_rate, num_steps, alpha=0.01)
+            if lr_schedule == "cosine" else learning_rate)
+    elbo = TraceMeanField_ELBO if guide == "normal" else Trace_ELBO
+    svi = SVI(model, auto, optax.adam(rate), elbo(num_particles=num_particles))
 
     @jax.jit
     def run(init, key):
         if guide == "normal":
             init_params = {f"{name}_auto_loc": value for name, value in init.items()}
         else:
-            init_params = {"auto_loc": jnp.concatenate([jnp.ravel(v) for v in init.values()])}
+            # numpyro packs the sites in sorted-name order (its starting values are a pytree).
+            init_params = {"auto_loc": jnp.concatenate([jnp.ravel(init[name])
+                                                        for name in sorted(init)])}
         run_key, draw_key = jax.random.split(key)
         state = svi.init(run_key, X, y, init_params=init_params)
         state, _ = jax.lax.scan(lambda s, _: svi.update(s, X, y), state, None,
@@ -144,10 +153,17 @@ def laplace_fit(model, X, y, centre, key, num_draws: int, hessian: str = "exact"
     def run(flat, key):
         if hessian == "exact":
             precision = jax.hessian(potential)(flat)
-        else:  # prior curvature + empirical Fisher of the per-row log-likelihoods
+        else:  # prior curvature + Fisher information (Monte Carlo over replicate data sets)
             precision = jax.hessian(lambda z: potential(z) + row_log_likelihood(z).sum())(flat)
-            per_row = jax.jacrev(row_log_likelihood)(flat)
-            precision = precision + per_row.T @ per_row
+            fisher = jnp.zeros_like(precision)
+            for index in range(FISHER_REPLICATES):
+                replicate_key = jax.random.fold_in(key, 1000 + index)
+                replicate = trace(seed(substitute(model, data=unravel(flat)), replicate_key)
+                                  ).get_trace(X, None)["y"]["value"][:, None]
+                per_row = jax.jacrev(lambda z, r=replicate: log_likelihood(
+                    model, unravel(z), X, r, batch_ndims=0)["y"])(flat)
+                fisher = fisher + per_row.T @ per_row
+            precision = precision + fisher / FISHER_REPLICATES
         return dist.MultivariateNormal(flat, precision_matrix=precision).sample(
             key, (num_draws,))
 

@@ -12,7 +12,7 @@ Every fit is scored on at most ``--draws`` posterior draws (evenly spaced; defau
 ``inference_seed.py``'s ``COVERAGE_DRAWS``): the quantile bisection and the CRPS cost
 grow with draws x components x test points, about 10 CPU minutes per 100 draws here.
 
-    python benchmarks/calibration_seed.py [--quick] [--draws 100]
+    python benchmarks/calibration_seed.py [--quick] [--draws 100] [--prior hierarchical]
 """
 
 from __future__ import annotations
@@ -33,15 +33,16 @@ LEVELS = (0.5, 0.8, 0.9, 0.95)
 TARGET_90 = (0.88, 0.92)
 
 
-def fits(X, y, quick: bool):
+def fits(X, y, quick: bool, prior: str = "fan_in"):
     """(name, posterior, fit seconds) for each scored method, as inference_seed.py fits."""
     setting = dict(SETTINGS[NUM_TRAIN])
     nuts_options = dict(setting["nuts"])
     if quick:
-        setting.update(map_steps=300, svi_steps=300, members=4)
+        setting.update(map_steps=300, members=4,
+                       svi={**setting["svi"], "num_steps": 300, "num_particles": 1})
         nuts_options.update(num_chains=2, num_warmup=30, num_samples=30, max_tree_depth=4)
     model = bm.MDN(num_components=setting["K"], hidden_sizes=setting["hidden"],
-                   prior=prior_of(setting))
+                   prior=prior_of(setting, prior))
     map_fit, map_s = timed(lambda: model.fit(X, y, key=jax.random.key(1),
                                              num_steps=setting["map_steps"], ema_decay=0.995))
     yield "map", map_fit, map_s
@@ -51,7 +52,7 @@ def fits(X, y, quick: bool):
     yield f"ensemble ({setting['members']})", ensemble, ensemble_s
     svi, svi_s = timed(lambda: model.fit(
         X, y, key=jax.random.key(5), method="svi", guide="normal", init=map_fit,
-        num_steps=setting["svi_steps"], num_draws=SVI_DRAWS))
+        num_draws=SVI_DRAWS, **setting["svi"]))
     yield "svi-normal", svi, svi_s
     nuts, nuts_s = timed(lambda: model.fit(X, y, key=jax.random.key(8), method="nuts",
                                            init=ensemble, **nuts_options))
@@ -83,6 +84,8 @@ def main() -> None:
                         help="tiny fit budgets and 2000 test points, for a smoke run")
     parser.add_argument("--draws", type=int, default=100,
                         help="posterior draws each fit is scored on (at most)")
+    parser.add_argument("--prior", choices=("fan_in", "hierarchical"), default="fan_in",
+                        help="the fixed fan-in prior or a hierarchical one (as inference_seed)")
     args = parser.parse_args()
     total = NUM_TRAIN + NUM_TEST
     X, y, X_test, y_test = bm.datasets.inverse_sine(jax.random.key(0), num_samples=total,
@@ -91,14 +94,17 @@ def main() -> None:
         X_test, y_test = X_test[:2000], y_test[:2000]
     exact_log_score = float(np.mean(bm.datasets.inverse_sine_log_prob(X_test, y_test)))
     rows = []
-    for method, posterior, fit_s in fits(X, y, args.quick):
+    for method, posterior, fit_s in fits(X, y, args.quick, args.prior):
         rows.append({"method": method, **score(posterior, X_test, y_test, args.draws),
                      "fit_s": fit_s})
         print(rows[-1], flush=True)
     name = "calibration_seed_quick" if args.quick else "calibration_seed"
+    if args.prior != "fan_in":
+        name += f"_{args.prior}"
     write_results(name, {"num_train": NUM_TRAIN, "num_test": int(X_test.shape[0]),
                          "levels": list(LEVELS), "target_90": list(TARGET_90),
                          "max_score_draws": args.draws, "exact_log_score": exact_log_score,
+                         "prior": args.prior,
                          "settings": {k: v for k, v in SETTINGS[NUM_TRAIN].items()}}, rows)
     print(f"exact log score (generator density): {exact_log_score:.4f}")
 

@@ -131,6 +131,18 @@ def test_stuck_chains_have_large_rhat_and_warn(stuck):
     assert any("ESS is low" in message for message in report.warnings)
 
 
+def test_real_nuts_chains_started_in_different_modes_are_flagged(data, ensemble):
+    """A real (short) NUTS run: 4 chains started at 4 different ensemble members, with a
+    handful of warm-up and sampling steps and shallow trees, cannot mix between modes."""
+    X, y = data
+    posterior = ensemble.model.fit(X, y, key=jax.random.key(2), method="nuts", init=ensemble,
+                                   num_chains=4, num_warmup=5, num_samples=40,
+                                   max_tree_depth=3)
+    report = diagnose(posterior, warn=False)
+    assert report.convergence["log_density"]["rhat"] > 1.1, report.convergence
+    assert any("R-hat" in message for message in report.warnings)
+
+
 def test_divergences_and_tree_depth_warn_with_advice(ensemble):
     posterior = chains_around(ensemble, [0, 0], num_draws=50, noise=0.05)
     diverging = np.zeros((2, 50), bool)

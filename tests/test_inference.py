@@ -97,7 +97,7 @@ def test_laplace_around_map_and_a_bad_hessian(data, model, map_fit):
     barely_fitted = model.fit(X, y, key=jax.random.key(4), num_steps=40, num_evaluations=1)
     with pytest.raises(ValueError, match=r"not positive definite.*hessian='fisher'"):
         model.fit(X, y, key=jax.random.key(4), method="laplace", init=barely_fitted)
-    # The empirical Fisher is positive definite anywhere.
+    # The Fisher information is positive definite anywhere (with a log-concave prior).
     fisher = model.fit(X, y, key=jax.random.key(4), method="laplace", init=barely_fitted,
                        hessian="fisher", num_draws=32)
     assert fisher.info["hessian_min_eigenvalue"] > 0

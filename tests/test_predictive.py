@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import numpy as np
 import pytest
@@ -213,3 +215,56 @@ def test_variance_decomposition_identity_with_many_draws(max_elements):
     draw_var = np.sum(w * (scale**2 + (loc - draw_mean[:, :, None]) ** 2), axis=2)
     np.testing.assert_allclose(aleatoric, draw_var.mean(axis=1), rtol=1e-4)
     np.testing.assert_allclose(epistemic, draw_mean.var(axis=1), rtol=1e-4, atol=1e-6)
+
+
+def test_every_query_follows_the_units_of_y_beyond_float32():
+    # The same network under an identity Standardizer and under extreme ones (an offset
+    # far beyond float32 resolution; scales whose squares overflow or underflow float32).
+    # Kernels work in standardised units and the host converts in float64, so each query
+    # maps exactly: locations by a y + b, variances by a**2, log-densities by -log a,
+    # entropies by +log a, cdf unchanged.
+    posterior = random_posterior(3, 2, hidden_sizes=(3,), seed=5)
+    identity = Standardizer(np.zeros(2), np.ones(2), np.zeros(1), np.ones(1))
+    inputs = np.random.default_rng(1).normal(size=(5, 2))
+    base = dataclasses.replace(posterior.predictive(inputs), standardizer=identity)
+    y = np.linspace(-2.0, 2.0, inputs.shape[0])[:, None]
+    levels = [0.05, 0.5, 0.95]
+    key = jax.random.key(0)
+    reference = {
+        "mean": base.mean(), "variance": base.variance(), "quantiles": base.quantiles(levels),
+        "sample": base.sample(key, num_samples=5), "log_prob": base.log_prob(y),
+        "cdf": base.cdf(y), "entropy": base.entropy_decomposition(),
+        "modes": base.modes(), "hdr": base.hdr(0.9), "params": base.mixture_parameters()[1],
+        "crps": bm.metrics.crps(base, y, pointwise=True),
+    }
+    for shift, scale in [(1e8, 2.0), (0.0, 1e20), (-3e-20, 1e-20)]:
+        units = Standardizer(np.zeros(2), np.ones(2), np.array([shift]), np.array([scale]))
+        pred = dataclasses.replace(base, standardizer=units)
+
+        def back(value, shift=shift, scale=scale):  # original units -> standardised
+            return (np.asarray(value, np.float64) - shift) / scale
+
+        close = {"rtol": 1e-6, "atol": 1e-6}
+        locations = {"mean": pred.mean(), "quantiles": pred.quantiles(levels),
+                     "sample": pred.sample(key, num_samples=5)}
+        for name, value in locations.items():
+            assert value.dtype == np.float64, name
+            np.testing.assert_allclose(back(value), reference[name], **close, err_msg=name)
+        np.testing.assert_allclose(pred.variance() / scale**2, reference["variance"], **close)
+        np.testing.assert_allclose(pred.log_prob(scale * y + shift) + np.log(scale),
+                                   reference["log_prob"], **close)
+        np.testing.assert_allclose(pred.cdf(scale * y + shift), reference["cdf"], **close)
+        total, expected, information = pred.entropy_decomposition()
+        np.testing.assert_allclose(total - np.log(scale), reference["entropy"][0], **close)
+        np.testing.assert_allclose(expected - np.log(scale), reference["entropy"][1], **close)
+        np.testing.assert_allclose(information, reference["entropy"][2], **close)
+        for found, expected_modes in zip(pred.modes(), reference["modes"], strict=True):
+            np.testing.assert_allclose(back(found), expected_modes, **close)
+        for found, expected_region in zip(pred.hdr(0.9), reference["hdr"], strict=True):
+            np.testing.assert_allclose(back(found), expected_region, **close)
+        np.testing.assert_allclose(bm.metrics.crps(pred, scale * y + shift, pointwise=True)
+                                   / scale, reference["crps"], **close)
+        params = pred.mixture_parameters()[1]
+        np.testing.assert_allclose(back(params["loc"]), reference["params"]["loc"], **close)
+        np.testing.assert_allclose(params["scale"] / scale, reference["params"]["scale"],
+                                   **close)

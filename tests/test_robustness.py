@@ -1,8 +1,10 @@
 """Numerical robustness of fitting and prediction.
 
-* Units do not matter: targets scaled by 1e-6 or 1e6, or shifted by 1e6, give the same test
-  log-likelihood once the log-Jacobian is added (log-lik + log(scale)), within 0.01 nats;
-  rescaled or shifted inputs give the same log-likelihood.
+* Units do not matter: targets scaled by 1e-6 or 1e6, or shifted by 1e6 or 1e8 (beyond
+  float32 resolution), give the same test log-likelihood once the log-Jacobian is added
+  (log-lik + log(scale)), within 0.01 nats; targets scaled by 1e-20 or 1e20 give the same
+  means, variances and quantiles once rescaled; rescaled or shifted inputs give the same
+  log-likelihood.
 * Awkward data fit without NaN: duplicated rows, constant features, heavy outliers, huge or
   tiny magnitudes, K = 100 components. A constant target is ill-posed (a point mass has no
   density) and is refused with a clear error.
@@ -64,9 +66,9 @@ def test_input_units_do_not_change_the_log_likelihood(seed_data, seed_model, bas
     assert abs(rescaled - baseline_ll) < 0.01, rescaled - baseline_ll
 
 
-@pytest.mark.xfail(strict=True, reason="PredictiveMixture evaluates densities in float32 in "
-                   "original units: an offset of 1e8 over a spread of ~6 loses the digits")
 def test_target_offset_far_beyond_float32_resolution(seed_data, seed_model, baseline_ll):
+    # An offset of 1e8 over a spread of ~6 is beyond float32 resolution: the predictive
+    # evaluates in standardised units and converts on the host in float64.
     X, y, X_test, y_test = seed_data
     shifted = _test_ll(seed_model, X, y + 1e8, X_test, y_test + 1e8)
     assert abs(shifted - baseline_ll) < 0.01
@@ -154,13 +156,41 @@ def test_awkward_data_fit_without_nan(awkward_model, make):
     _assert_finite_fit(posterior, X, y)
 
 
-@pytest.mark.xfail(strict=True, reason="PredictiveMixture.variance() works in float32 in "
-                   "original units: for |y| ~ 1e20 the variance (~1e40) overflows and the "
-                   "moment merge returns NaN")
 def test_variance_of_targets_near_float32_limits(awkward_model):
+    # For |y| ~ 1e20 the variance (~1e40) is beyond float32: moments are merged in
+    # standardised units and scaled back in float64.
     X, y = _data()
     posterior = awkward_model.fit(X, y * 1e20, key=jax.random.key(0), num_steps=NUM_STEPS)
     assert not np.any(np.isnan(posterior.predictive(X[:5]).variance()))
+
+
+@pytest.fixture(scope="module")
+def awkward_baseline(awkward_model):
+    """Unscaled fit of the awkward-data model: predictive at 5 inputs and the y spread."""
+    X, y = _data()
+    posterior = awkward_model.fit(X, y, key=jax.random.key(0), num_steps=NUM_STEPS)
+    return posterior.predictive(X[:5]), float(np.std(y))
+
+
+@pytest.mark.parametrize("scale", [1e-20, 1e20])
+def test_extreme_target_scales_give_the_unscaled_predictive(awkward_model, awkward_baseline,
+                                                            scale):
+    # Fitting is unit-free (y is standardised) and so is every query: rescaled back, the
+    # results match the unscaled fit. Both scales are beyond float32 (squares overflow or
+    # underflow); the mean, variance and quantiles are float64 in original units.
+    X, y = _data()
+    baseline, spread = awkward_baseline
+    predictive = awkward_model.fit(X, scale * y, key=jax.random.key(0),
+                                   num_steps=NUM_STEPS).predictive(X[:5])
+    tolerance = {"rtol": 1e-4, "atol": 1e-4 * spread}
+    np.testing.assert_allclose(predictive.mean() / scale, baseline.mean(), **tolerance)
+    np.testing.assert_allclose(predictive.quantiles([0.05, 0.5, 0.95]) / scale,
+                               baseline.quantiles([0.05, 0.5, 0.95]), **tolerance)
+    np.testing.assert_allclose(predictive.variance() / scale**2, baseline.variance(),
+                               rtol=1e-4, atol=1e-4 * spread**2)
+    # Densities scale by 1 / scale: log p_scaled(scale * y) = log p(y) - log(scale).
+    np.testing.assert_allclose(predictive.log_prob(scale * y[:5]) + np.log(scale),
+                               baseline.log_prob(y[:5]), rtol=1e-4, atol=1e-4)
 
 
 def test_one_hundred_components():

@@ -623,7 +623,7 @@ def test_two_rows_are_enough(model):
         ("nuts", {"target_accept_prob": 1.0}, ValueError,
          r"`target_accept_prob` must be strictly between 0 and 1; got 1\.0\."),
         ("nuts", {"chain_method": "threads"}, ValueError,
-         r"Unknown chain_method 'threads'; choose one of \['vectorized', 'parallel', "
+         r"Unknown chain_method 'threads'; choose one of \['auto', 'vectorized', 'parallel', "
          r"'sequential'\]\."),
         ("nuts", {"dense_mass": "yes"}, TypeError, r"`dense_mass` must be True or False"),
         ("svi", {"guide": "bogus"}, ValueError,
@@ -641,7 +641,9 @@ def test_two_rows_are_enough(model):
         ("ensemble", {"num_members": 0}, ValueError, r"`num_members` must be at least 1"),
         ("laplace", {"num_draws": -5}, ValueError, r"`num_draws` must be at least 1; got -5\."),
         ("laplace", {"hessian": "diag"}, ValueError,
-         r"Unknown hessian 'diag'; choose one of \['exact', 'fisher'\]\."),
+         r"Unknown hessian 'diag'; choose one of \['exact', 'fisher', 'empirical_fisher'\]\."),
+        ("laplace", {"predictive": "exact"}, ValueError,
+         r"Unknown predictive 'exact'; choose one of \['linearised', 'sampled'\]\."),
         ("map", {"lr_schedule": "linear"}, ValueError,
          r"`lr_schedule` must be one of \['constant', 'cosine'\] or an optax schedule"),
         ("map", {"ema_decay": 1.0}, ValueError, r"`ema_decay` must be in \[0, 1\); got 1\.0\."),

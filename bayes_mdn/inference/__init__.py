@@ -14,6 +14,11 @@ options dataclass each, so unknown or invalid options fail before anything is co
                (:class:`LaplaceOptions`)
 ``"nuts"``     multi-chain No-U-Turn sampler (:class:`NutsOptions`)
 =============  ==========================================================================
+
+Several devices: the optimisation-based methods take ``shard_data`` (the training rows split
+over every device, parameters replicated: data-parallel steps), and NUTS takes
+``chain_method`` (``"parallel"`` spreads the chains over the local devices); see the how-to
+guide "Use several devices".
 """
 
 from __future__ import annotations

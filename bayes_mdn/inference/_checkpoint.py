@@ -51,7 +51,7 @@ CHECKPOINT_VERSION = 1
 #: Options that never change the computed trajectory: they may differ on resume.
 _FREE_OPTIONS = {"num_steps", "num_samples", "checkpoint", "checkpoint_every", "resume",
                  "progress", "num_evaluations", "init", "init_scale", "chain_method",
-                 "num_draws", "num_eval_draws"}
+                 "num_draws", "num_eval_draws", "shard_data"}
 
 
 def check_options(options: Any, unit: str) -> None:

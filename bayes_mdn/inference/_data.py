@@ -1,5 +1,6 @@
-"""What every inference method shares: validated, standardised data, the data-dependent
-starting point, and log-likelihood evaluation of one or several parameter draws."""
+"""What every inference method shares: validated, standardised data (optionally laid out
+over several devices), the data-dependent starting point, and log-likelihood evaluation of
+one or several parameter draws."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import numpyro.distributions as dist
 from jax.scipy.special import logsumexp
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from bayes_mdn import network
 from bayes_mdn._validation import (
@@ -24,8 +26,12 @@ from bayes_mdn._validation import (
 from bayes_mdn.model import MDN
 from bayes_mdn.scaling import Standardizer
 
-__all__ = ["FitData", "initial_params", "mean_log_likelihood", "predictive_log_likelihood",
-           "prepare_data"]
+__all__ = ["FitData", "ShardedRows", "check_shard_data", "initial_params",
+           "mean_log_likelihood", "predictive_log_likelihood", "prepare_data",
+           "shard_devices", "shard_rows"]
+
+#: Name of the device-mesh axis the training rows are sharded over.
+ROW_AXIS = "rows"
 
 
 @dataclass(frozen=True, eq=False)
@@ -106,6 +112,114 @@ def prepare_data(model: MDN, X: Any, y: Any, X_test: Any = None, y_test: Any = N
         X_test=X_test_std,
         y_test=y_test_std,
     )
+
+
+def check_shard_data(value: Any) -> bool | str:
+    """Validate the ``shard_data`` option: True, False or ``"auto"``."""
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    if isinstance(value, str):
+        if value.lower() == "auto":
+            return "auto"
+        raise ValueError(f"`shard_data` must be True, False or 'auto'; got {value!r}.")
+    raise TypeError(f"`shard_data` must be True, False or 'auto'; got {value!r} "
+                    f"({type(value).__name__}).")
+
+
+def shard_devices(shard_data: bool | str, *, full_batch: bool = True) -> list | None:
+    """The devices to shard the training rows over, or None to keep them on one device.
+
+    Parameters
+    ----------
+    shard_data : bool or "auto"
+        True: every device (``jax.devices()``: under ``jax.distributed``, every process's).
+        ``"auto"``: the same when there are at least two devices and the fit is full-batch.
+    full_batch : bool
+        False for minibatch optimisation, whose random row subsets cannot be sharded.
+
+    Raises
+    ------
+    ValueError
+        For ``shard_data=True`` with minibatches.
+    """
+    if shard_data is False:
+        return None
+    if not full_batch:
+        if shard_data == "auto":
+            return None
+        raise ValueError("`shard_data=True` needs full-batch optimisation: every step must "
+                         "see every row. Drop `subsample_size`, or use shard_data=False.")
+    devices = jax.devices()
+    if shard_data == "auto" and len(devices) < 2:
+        return None
+    return devices
+
+
+@dataclass(frozen=True, eq=False)
+class ShardedRows:
+    """Training rows laid out over a one-dimensional mesh of devices (data parallelism).
+
+    The rows are split evenly over the mesh axis ``"rows"``; when N is not a multiple of
+    the device count, copies of the first rows pad it out, and `row_mask` marks them so
+    that the likelihood leaves them out (see :func:`bayes_mdn.inference._optim.row_masked`).
+    A compiled step given these arrays and replicated parameters runs on every device's
+    share of the rows, XLA summing the log-likelihood (and gradient) across devices.
+
+    Attributes
+    ----------
+    mesh : jax.sharding.Mesh
+    X, y : Array, shapes (N', P) and (N', D)
+        Standardised rows, N' = N + `num_padding`, sharded over rows.
+    row_mask : Array of bool, shape (N',), or None
+        False on the padding rows; None when there are none.
+    num_padding : int
+    """
+
+    mesh: Mesh
+    X: jax.Array
+    y: jax.Array
+    row_mask: jax.Array | None
+    num_padding: int
+
+    @property
+    def num_devices(self) -> int:
+        return int(self.mesh.size)
+
+    def replicate(self, tree: Any) -> Any:
+        """Every array of `tree` replicated on every device of the mesh."""
+        replicated = NamedSharding(self.mesh, PartitionSpec())
+        several_processes = jax.process_count() > 1
+
+        def place(value):
+            if not several_processes:
+                return jax.device_put(value, replicated)
+            # Across processes, device_put takes host values (the same on every process),
+            # not arrays committed to one process's device; PRNG keys go as their data.
+            if jax.dtypes.issubdtype(getattr(value, "dtype", None), jax.dtypes.prng_key):
+                data = jax.device_put(np.asarray(jax.random.key_data(value)), replicated)
+                return jax.random.wrap_key_data(data, impl=jax.random.key_impl(value))
+            return jax.device_put(np.asarray(value), replicated)
+
+        return jax.tree.map(place, tree)
+
+
+def shard_rows(data: FitData, devices: list) -> ShardedRows:
+    """Lay the training rows of `data` out over a one-dimensional mesh of `devices`.
+
+    Every process must call this with the same data (each keeps only its devices' rows).
+    """
+    mesh = Mesh(np.asarray(devices), (ROW_AXIS,))
+    num_rows = data.num_rows
+    num_padding = -num_rows % len(devices)
+    rows = np.concatenate([np.arange(num_rows), np.arange(num_padding) % num_rows])
+    sharding = NamedSharding(mesh, PartitionSpec(ROW_AXIS))
+
+    def place(host: np.ndarray) -> jax.Array:
+        return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
+
+    X, y = (place(np.asarray(value)[rows]) for value in (data.X, data.y))
+    row_mask = place(np.arange(len(rows)) < num_rows) if num_padding else None
+    return ShardedRows(mesh=mesh, X=X, y=y, row_mask=row_mask, num_padding=num_padding)
 
 
 def initial_params(model: MDN, data: FitData, key: jax.Array) -> dict[str, jax.Array]:

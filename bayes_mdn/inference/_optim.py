@@ -6,6 +6,10 @@ Python only sees block boundaries (progress lines, held-out evaluation), never s
 A block kernel is compiled once per program, and programs are cached by the caller per
 (model, data shape, options that change the computation), so refitting with a new key or
 new data of the same shape does not recompile.
+
+With ``shard_data`` the training rows are laid out over a one-dimensional mesh of devices
+and the parameters replicated, so every step runs data-parallel: each device evaluates the
+likelihood of its rows and XLA sums the gradient across devices.
 """
 
 from __future__ import annotations
@@ -26,14 +30,18 @@ import numpy as np
 import optax
 from numpyro.infer import SVI, Trace_ELBO
 from numpyro.optim import optax_to_numpyro
+from numpyro.primitives import Messenger
 
 from bayes_mdn._validation import check_positive_float, check_positive_int
 from bayes_mdn.inference._checkpoint import CheckpointPlan
 from bayes_mdn.inference._checkpoint import check_options as check_checkpoint_options
-from bayes_mdn.inference._data import FitData
+from bayes_mdn.inference._data import FitData, check_shard_data, shard_devices, shard_rows
 
 __all__ = ["OptimOptions", "OptimProgram", "SortedTraceELBO", "build_program", "make_optimizer",
-           "run_blocks"]
+           "row_masked", "run_blocks"]
+
+#: The model's data plate, whose observed sites a row mask applies to.
+DATA_PLATE = "data"
 
 #: Signature of a held-out evaluation: (estimate, key, X, y, y_scale) -> mean log-likelihood
 #: per row in standardised units.
@@ -75,6 +83,14 @@ class OptimOptions:
         A checkpoint to continue from; the model, data, key and options must be those of
         the run that wrote it, except `num_steps`, which may grow. The result equals the
         uninterrupted run's.
+    shard_data : bool or "auto"
+        Data parallelism: lay the training rows out over a one-dimensional mesh of every
+        device (``jax.devices()``; with ``jax.distributed``, every host's), parameters
+        replicated, so that each step runs on all devices at once, each on its share of the
+        rows. When N is not a multiple of the device count, masked copies of rows pad it
+        out; they do not count in the likelihood. ``"auto"``: shard when there are at least
+        two devices (and, for SVI, no `subsample_size`). The result equals the one-device
+        fit's up to floating-point rounding. Default False.
     """
 
     num_steps: int = 2000
@@ -86,6 +102,7 @@ class OptimOptions:
     checkpoint: str | os.PathLike | None = None
     checkpoint_every: int | None = None
     resume: str | os.PathLike | None = None
+    shard_data: bool | str = False
 
     def __post_init__(self) -> None:
         check_positive_int(self.num_steps, "num_steps")
@@ -103,6 +120,9 @@ class OptimOptions:
         if not isinstance(self.progress, bool):
             raise TypeError(f"`progress` must be True or False; got {self.progress!r}.")
         check_checkpoint_options(self, "steps")
+        object.__setattr__(self, "shard_data", check_shard_data(self.shard_data))
+        if self.shard_data is True and getattr(self, "subsample_size", None) is not None:
+            shard_devices(True, full_batch=False)  # raises: minibatches are not sharded
 
     def optimizer_key(self) -> tuple[Any, ...]:
         """The options that change the compiled optimiser (part of program cache keys)."""
@@ -110,13 +130,13 @@ class OptimOptions:
         return (self.learning_rate, self.lr_schedule, schedule_steps)
 
 
-class SortedTraceELBO(Trace_ELBO):
-    """numpyro's Trace_ELBO, with the per-site terms summed in sorted site order.
+class SortedSitesMixin:
+    """Sum an ELBO's per-site terms in sorted site order.
 
-    Trace_ELBO sums the sites of ``set(model_sites) | set(guide_sites)``, an order that
+    numpyro's ELBOs sum the sites of ``set(model_sites) | set(guide_sites)``, an order that
     depends on the process's string-hash seed (PYTHONHASHSEED), so the same fit gave a loss
     differing in the last bits between two processes. Summing in sorted order makes the
-    loss, like the parameters, bit-identical across processes.
+    loss, like the parameters, bit-identical across processes. Mix in before the ELBO class.
     """
 
     def __init__(self, num_particles: int = 1) -> None:
@@ -128,6 +148,10 @@ class SortedTraceELBO(Trace_ELBO):
         result["loss"] = sum((per_site[name] for name in sorted(per_site)),
                              start=jnp.zeros((), jnp.result_type(*per_site.values())))
         return result
+
+
+class SortedTraceELBO(SortedSitesMixin, Trace_ELBO):
+    """numpyro's Trace_ELBO, with the per-site terms summed in sorted site order."""
 
 
 def make_optimizer(learning_rate: float, lr_schedule: Any, schedule_steps: int | None):
@@ -176,15 +200,18 @@ def build_program(svi: SVI, evaluate: Evaluate) -> OptimProgram:
         # Traced once: eager svi.init would compile every small op of the model separately.
         return svi.init(key, X, y, y_scale=y_scale, init_params=init_params)
 
-    def run_block(state, average, first_step, num_steps, ema_decay, eval_key, X, y, y_scale,
-                  X_train_eval, y_train_eval, X_test, y_test, *, block_size):
+    def run_block(state, average, first_step, num_steps, ema_decay, eval_key, X, y, row_mask,
+                  y_scale, X_train_eval, y_train_eval, X_test, y_test, *, block_size):
         """`block_size` steps (those past `num_steps` leave the state unchanged), with an
         exponential moving average of the raw parameters, then train/test log-likelihood at
-        the block's estimate (the bias-corrected average; the last iterate if decay is 0)."""
+        the block's estimate (the bias-corrected average; the last iterate if decay is 0).
+        `row_mask` (N,), or None, leaves padding rows out of the likelihood: the model must
+        be :func:`row_masked`."""
+        masking = {} if row_mask is None else {"row_mask": row_mask}
 
         def step(carry, index):
             state, average = carry
-            new_state, loss = svi.update(state, X, y, y_scale=y_scale)
+            new_state, loss = svi.update(state, X, y, y_scale=y_scale, **masking)
             active = first_step + index < num_steps
             state = jax.tree.map(lambda new, old: jnp.where(active, new, old), new_state, state)
             raw = svi.optim.get_params(state.optim_state)
@@ -205,7 +232,7 @@ def build_program(svi: SVI, evaluate: Evaluate) -> OptimProgram:
     def members(*args, block_size):
         # block_size is bound first: vmap would map keyword arguments along axis 0.
         mapped = jax.vmap(partial(run_block, block_size=block_size),
-                          in_axes=(0, 0, None, None, None, 0) + (None,) * 7)
+                          in_axes=(0, 0, None, None, None, 0) + (None,) * 8)
         return mapped(*args)
 
     return OptimProgram(
@@ -229,6 +256,7 @@ class BlockResult:
     state: Any
     estimate: dict[str, jax.Array]
     history: dict[str, np.ndarray]
+    num_devices: int = 1
 
 
 def run_blocks(
@@ -243,6 +271,7 @@ def run_blocks(
     members: bool = False,
     overall: Callable[[dict[str, jax.Array]], tuple[jax.Array, jax.Array]] | None = None,
     checkpoint: CheckpointPlan | None = None,
+    subsample_size: int | None = None,
 ) -> BlockResult:
     """Run `options.num_steps` steps in equal compiled blocks and record the history.
 
@@ -268,6 +297,9 @@ def run_blocks(
         Resume from its checkpoint (state, moving average, history so far) and/or write
         checkpoints; blocks are cut at checkpoint boundaries, which adds evaluations there
         but never changes the trajectory.
+    subsample_size : int, optional
+        The minibatch size of the program's model (None: full batch); minibatch fits are
+        never sharded.
 
     Returns
     -------
@@ -275,6 +307,8 @@ def run_blocks(
         ``history`` holds ``loss`` ((steps,) or (members, steps)), ``eval_step``,
         ``train_log_likelihood`` and, with held-out data, ``test_log_likelihood`` (per row,
         original units).
+    BlockResult.num_devices
+        How many devices the rows were sharded over (1 without ``shard_data``).
     """
     started = time.perf_counter()
     raw = program.svi.optim.get_params(state.optim_state)
@@ -302,6 +336,15 @@ def run_blocks(
         eval_steps.extend(int(step) for step in saved["eval_step"])
         train_lls.extend(saved["train_ll"])
         test_lls.extend(saved["test_ll"])
+    X, y, row_mask, y_scale = data.X, data.y, None, data.y_scale
+    devices = shard_devices(options.shard_data, full_batch=subsample_size is None)
+    rows = None if devices is None else shard_rows(data, devices)
+    if rows is not None:
+        # Rows sharded, everything else replicated: each step runs data-parallel.
+        X, y, row_mask = rows.X, rows.y, rows.row_mask
+        (state, average, eval_key, y_scale, X_train_eval, y_train_eval, X_test,
+         y_test) = rows.replicate((state, average, eval_key, y_scale, X_train_eval,
+                                   y_train_eval, X_test, y_test))
     report_every = max(1, num_blocks // 10)
     block = 0
     estimate = None
@@ -312,8 +355,8 @@ def run_blocks(
         if checkpoint is not None:
             stop = checkpoint.next_stop(first, stop)
         state, average, block_losses, train_ll, test_ll, estimate = kernel(
-            state, average, first, stop, ema_decay, eval_key, data.X, data.y,
-            data.y_scale, X_train_eval, y_train_eval, X_test, y_test, block_size=block_size,
+            state, average, first, stop, ema_decay, eval_key, X, y, row_mask, y_scale,
+            X_train_eval, y_train_eval, X_test, y_test, block_size=block_size,
         )
         if stop == first:  # resumed a finished run: only the estimate was needed
             break
@@ -340,7 +383,11 @@ def run_blocks(
                "train_log_likelihood": np.asarray(train_lls, np.float64) + log_jacobian}
     if data.has_test:
         history["test_log_likelihood"] = np.asarray(test_lls, np.float64) + log_jacobian
-    return BlockResult(state=state, estimate=estimate, history=history)
+    if rows is not None:
+        # The estimate back on the default device, as an unsharded fit leaves it.
+        estimate = jax.tree.map(jnp.asarray, jax.device_get(estimate))
+    return BlockResult(state=state, estimate=estimate, history=history,
+                       num_devices=1 if rows is None else rows.num_devices)
 
 
 def report(method: str, step: int, num_steps: int, loss: float, train_ll: float,
@@ -372,8 +419,36 @@ def check_finite_fit(loss: np.ndarray, values: Mapping[str, Any]) -> None:
         )
 
 
+class _MaskRows(Messenger):
+    """Multiplies the log-density of every observed site of the data plate by a row mask
+    (N,): the padding rows of sharded data then count for nothing."""
+
+    def __init__(self, fn: Callable[..., Any] | None = None, row_mask: Any = None) -> None:
+        self.row_mask = row_mask
+        super().__init__(fn)
+
+    def process_message(self, msg: dict[str, Any]) -> None:
+        if (msg["type"] == "sample" and msg.get("is_observed")
+                and any(frame.name == DATA_PLATE for frame in msg["cond_indep_stack"])):
+            msg["fn"] = msg["fn"].mask(self.row_mask)
+
+
+def row_masked(model_fn: Callable[..., None]) -> Callable[..., None]:
+    """`model_fn` with an extra keyword ``row_mask`` (N,), bool or None: rows where it is
+    False are left out of the likelihood (padding rows of sharded data)."""
+
+    def masked_model(*args: Any, row_mask: Any = None, **kwargs: Any) -> None:
+        if row_mask is None:
+            return model_fn(*args, **kwargs)
+        with _MaskRows(row_mask=row_mask):
+            return model_fn(*args, **kwargs)
+
+    return masked_model
+
+
 def partial_model(model_fn: Callable[..., None], subsample_size: int | None):
-    """The model with a fixed minibatch size (None: full batch)."""
-    if subsample_size is None:
-        return model_fn
-    return partial(model_fn, subsample_size=subsample_size)
+    """The model with a fixed minibatch size (None: full batch), accepting a ``row_mask``
+    (see :func:`row_masked`)."""
+    if subsample_size is not None:
+        model_fn = partial(model_fn, subsample_size=subsample_size)
+    return row_masked(model_fn)

@@ -11,6 +11,7 @@ empirical Fisher information, positive definite by construction.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from dataclasses import dataclass
@@ -35,7 +36,10 @@ __all__ = ["LaplaceOptions", "fit_laplace"]
 MAX_PARAMETERS = 20_000
 #: Hessian-vector products evaluated at once.
 HVP_BATCH = 64
-HESSIANS = ("exact", "fisher")
+HESSIANS = ("exact", "fisher", "empirical_fisher")
+#: Replicate data sets y ~ p(y | x, MAP) averaged for the Fisher information.
+NUM_FISHER_REPLICATES = 8
+PREDICTIVES = ("linearised", "sampled")
 #: Draws for the Pareto k of the approximation, ``info["pareto_k"]``.
 NUM_PARETO_DRAWS = 200
 
@@ -54,19 +58,53 @@ class LaplaceOptions(OptimOptions):
     hessian : str
         ``"exact"``: the Hessian of the negative log joint (AutoLaplaceApproximation's
         choice; needs a converged MAP point). ``"fisher"``: the prior's Hessian plus the
-        empirical Fisher information ``sum_n g_n g_n^T`` of the per-row log-likelihood
-        gradients, positive definite by construction, the usual choice for neural networks
-        when the exact Hessian is not (Daxberger et al., 2021, "Laplace Redux").
+        Fisher information of the likelihood at the MAP point, ``sum_n E[g_n g_n^T]`` with
+        ``g_n`` the gradient of ``log p(y_n | x_n)`` and the expectation over
+        ``y_n ~ p(y | x_n, MAP)`` (Monte Carlo over ``NUM_FISHER_REPLICATES`` replicate
+        data sets): positive semi-definite by construction and equal in expectation to the
+        generalised Gauss-Newton matrix, the usual choice for neural networks when the exact
+        Hessian is not (Daxberger et al., 2021, "Laplace Redux").
+        ``"empirical_fisher"``: the same with the observed ``y_n``; cheaper, but it is
+        not a curvature estimate and is poorly scaled away from a converged MAP point
+        (Kunstner et al., 2019).
+    predictive : str
+        ``"linearised"`` (default): predictions from a draw use the network linearised at
+        the MAP point, ``f(map) + J (draw - map)`` (the "GLM predictive" of Immer et al.,
+        2021), the Laplace approximation's own model, which keeps the MAP fit's accuracy
+        where the data are dense and widens the predictive only along directions the data
+        leave uncertain. ``"sampled"``: the network itself at each draw, which underfits
+        badly for neural networks (draws off the MAP point in weight space land on poor
+        functions).
     """
 
     init: Any = None
     num_draws: int = 1000
     hessian: str = "exact"
+    predictive: str = "linearised"
 
     def __post_init__(self) -> None:
         super().__post_init__()
         check_positive_int(self.num_draws, "num_draws")
         object.__setattr__(self, "hessian", check_choice(self.hessian, "hessian", HESSIANS))
+        object.__setattr__(self, "predictive",
+                           check_choice(self.predictive, "predictive", PREDICTIVES))
+
+
+def _replicate(model: MDN, log_weights: jax.Array, params: dict[str, jax.Array],
+               key: jax.Array) -> jax.Array:
+    """One replicate target per row, (N, D), drawn from the mixture (N, K) at the MAP point."""
+    component_key, value_key = jax.random.split(key)
+    component = jax.random.categorical(component_key, log_weights)  # (N,)
+    values = model.family.distribution(params).sample(value_key)  # (N, K, D)
+    return jnp.take_along_axis(values, component[:, None, None], axis=1)[:, 0]
+
+
+def roundoff_floor(eigenvalues: jax.Array) -> jax.Array:
+    """Eigenvalue magnitude below which the sign of a float eigenvalue of a W x W symmetric
+    matrix is round-off: ``sqrt(W) * eps * max|eigenvalue|`` (the typical, not worst-case,
+    error of a backward-stable eigensolver)."""
+    size = eigenvalues.shape[-1]
+    return math.sqrt(size) * jnp.finfo(eigenvalues.dtype).eps * jnp.max(jnp.abs(eigenvalues))
 
 
 @lru_cache(maxsize=8)
@@ -86,6 +124,7 @@ def _laplace_kernel(model: MDN, data_shape: tuple[int, int, int], num_draws: int
 
     @jax.jit
     def kernel(values, key, X, y, y_scale):
+        key, fisher_key = jax.random.split(key)
         # The Gaussian lives in numpyro's unconstrained coordinates (the identity for real
         # sites; the log for positive scales of hierarchical priors), so every draw is valid.
         args, kwargs = (X, y), {"y_scale": y_scale}
@@ -110,31 +149,59 @@ def _laplace_kernel(model: MDN, data_shape: tuple[int, int, int], num_draws: int
 
         basis = jnp.eye(centre.shape[0], dtype=centre.dtype)
         precision = jax.lax.map(hvp, basis, batch_size=HVP_BATCH)
-        if hessian == "fisher":
+        if hessian != "exact":
             def row_log_likelihood(flat, x_row, y_row):
                 return point_log_prob(model, constrain(flat), x_row[None], y_row[None],
                                       y_scale)[0]
 
-            per_row = jax.vmap(jax.grad(row_log_likelihood), in_axes=(None, 0, 0))(
-                centre, X, y)  # (N, W)
-            precision = precision + per_row.T @ per_row
+            def outer_gradients(targets):  # sum_n g_n g_n^T, g_n = grad log p(y_n | x_n)
+                per_row = jax.vmap(jax.grad(row_log_likelihood), in_axes=(None, 0, 0))(
+                    centre, X, targets)  # (N, W)
+                return per_row.T @ per_row
+
+            if hessian == "empirical_fisher":
+                precision = precision + outer_gradients(y)
+            else:  # Fisher information: E over y ~ p(y | x, MAP), by Monte Carlo
+                log_weights, params = model.mixture(values, X, y_scale)
+
+                def add_replicate(index, total):
+                    return total + outer_gradients(_replicate(
+                        model, log_weights, params, jax.random.fold_in(fisher_key, index)))
+
+                fisher = jax.lax.fori_loop(0, NUM_FISHER_REPLICATES, add_replicate,
+                                           jnp.zeros_like(precision))
+                precision = precision + fisher / NUM_FISHER_REPLICATES
         precision = 0.5 * (precision + precision.T)
-        eigenvalues = jnp.linalg.eigvalsh(precision)
-        # precision = L L^T, so z = centre + L^-T eps has covariance precision^-1.
-        cholesky = jnp.linalg.cholesky(precision)
+        # Jacobi scaling (unit diagonal) before the eigendecomposition: the Fisher term
+        # spans many orders of magnitude (its largest eigenvalue ~1e6 at a few thousand
+        # rows), and float32 eigenvalues carry an error of about eps * max|eigenvalue|, so
+        # unscaled the prior-dominated directions drown in round-off. Congruence keeps the
+        # signs of the eigenvalues (Sylvester), so the positive-definiteness check holds.
+        diagonal = jnp.diagonal(precision)
+        scale = jnp.where(diagonal > 0, jax.lax.rsqrt(jnp.abs(diagonal)), 1.0)
+        eigenvalues, eigenvectors = jnp.linalg.eigh(precision * scale[:, None] * scale)
+        floor = roundoff_floor(eigenvalues)
+        # Positive-definite in exact arithmetic (the Fisher variants with a log-concave
+        # prior): eigenvalues within round-off of zero are clipped to the round-off level;
+        # clearly negative ones are refused on the host.
+        kept = jnp.maximum(eigenvalues, floor)
+        # precision = S V diag(kept) V^T S with S = diag(scale), so
+        # z = centre + S V diag(kept^-1/2) eps has covariance precision^-1.
+        root_covariance = scale[:, None] * eigenvectors / jnp.sqrt(kept)  # (W, W)
         noise = jax.random.normal(key, (num_draws, centre.shape[0]), centre.dtype)
-        offsets_z = jax.scipy.linalg.solve_triangular(cholesky, noise.T, lower=True,
-                                                      trans="T").T
-        draws = jax.vmap(constrain)(centre + offsets_z)
+        draws = jax.vmap(constrain)(centre + noise @ root_covariance.T)
         # Importance log-weights log p(z, y) - log q(z) of separate draws, for Pareto k.
         extra = jax.random.normal(jax.random.fold_in(key, 1),
                                   (NUM_PARETO_DRAWS, centre.shape[0]), centre.dtype)
-        extra_z = centre + jax.scipy.linalg.solve_triangular(cholesky, extra.T, lower=True,
-                                                             trans="T").T
-        log_q = (jnp.sum(jnp.log(jnp.diag(cholesky))) - 0.5 * jnp.sum(extra**2, axis=1)
+        extra_z = centre + extra @ root_covariance.T
+        log_q = (0.5 * jnp.sum(jnp.log(kept)) - jnp.sum(jnp.log(scale))
+                 - 0.5 * jnp.sum(extra**2, axis=1)
                  - 0.5 * centre.shape[0] * jnp.log(2 * jnp.pi))
         log_p = -jax.lax.map(potential, extra_z, batch_size=pareto_batch)
-        return eigenvalues, jnp.linalg.norm(gradient(centre)), draws, log_p - log_q
+        # The unscaled spectrum, for the report (info and the refusal message).
+        spectrum = jnp.linalg.eigvalsh(precision)
+        return (eigenvalues, spectrum, jnp.linalg.norm(gradient(centre)), draws,
+                log_p - log_q)
 
     return kernel
 
@@ -162,17 +229,24 @@ def fit_laplace(model: MDN, data: FitData, key: jax.Array, options: LaplaceOptio
                          f"method='map'; got a {map_fit.method!r} fit.")
     centre = {name: value[0] for name, value in init_draws.items()}
     kernel = _laplace_kernel(model, data.shape, options.num_draws, options.hessian)
-    eigenvalues, gradient_norm, draws, log_weights = jax.device_get(
+    eigenvalues, spectrum, gradient_norm, draws, log_weights = jax.device_get(
         kernel(centre, draw_key, data.X, data.y, data.y_scale))
-    smallest = float(eigenvalues[0])
-    if not np.isfinite(eigenvalues).all() or smallest <= 0:
-        num_bad = int(np.sum(~(eigenvalues > 0)))
+    # Signs from the Jacobi-scaled matrix (accurate); magnitudes reported unscaled.
+    smallest = float(spectrum[0])
+    floor = float(roundoff_floor(eigenvalues))
+    # The Fisher variants are positive definite in exact arithmetic for a log-concave prior;
+    # a clearly negative eigenvalue there means the prior term is not (e.g. a hierarchical
+    # prior's scale sites).
+    limit = floor if options.hessian == "exact" else -floor
+    if not np.isfinite(eigenvalues).all() or eigenvalues[0] <= limit:
+        num_bad = int(np.sum(~(eigenvalues > floor)))
         raise ValueError(
             f"The Hessian of the negative log posterior at the MAP point is not positive "
-            f"definite ({num_bad} of {eigenvalues.size} eigenvalues <= 0, smallest "
+            f"definite ({num_bad} of {eigenvalues.size} eigenvalues are not clearly positive "
+            f"after scaling to a unit diagonal; smallest unscaled eigenvalue "
             f"{smallest:.3g}; gradient norm {float(gradient_norm):.3g}), so the MAP point is "
             "not a strict local maximum and the Laplace approximation does not exist there. "
-            "Use hessian='fisher' (positive definite by construction), run MAP longer "
+            "Use hessian='fisher' (positive definite for log-concave priors), run MAP longer "
             "(more `num_steps`, lr_schedule='cosine', ema_decay=0) so that it converges, or "
             "use method='svi' (guide='lowrank' or 'mvn'), which needs no Hessian."
         )
@@ -180,13 +254,20 @@ def fit_laplace(model: MDN, data: FitData, key: jax.Array, options: LaplaceOptio
     # Laplace posterior itself.
     history = {f"map_{name}": value for name, value in map_fit.history.items()}
     laplace_draws = {name: value[None] for name, value in draws.items()}
-    history.update(final_scores(model, data, laplace_draws))
+    linearised_at = None
+    if options.predictive == "linearised":
+        network_sites = model.prior.latent_distributions(model.sites(*data.shape[1:]))
+        linearised_at = {name: centre[name] for name in network_sites}
+    posterior = Posterior(model=model, method="laplace", draws=laplace_draws,
+                          standardizer=data.standardizer, linearised_at=linearised_at)
+    scored = {name: value[None] for name, value in posterior.prediction_draws().items()}
+    history.update(final_scores(model, data, scored))
     info = {"fit_seconds": time.perf_counter() - started, "num_rows": data.num_rows,
-            "hessian": options.hessian,
+            "hessian": options.hessian, "predictive": options.predictive,
             "hessian_min_eigenvalue": smallest,
-            "hessian_max_eigenvalue": float(eigenvalues[-1]),
+            "hessian_max_eigenvalue": float(spectrum[-1]),
+            "hessian_eigenvalues_clipped": int(np.sum(eigenvalues < floor)),
             "map_gradient_norm": float(gradient_norm),
             "map_fit_seconds": map_fit.info.get("fit_seconds"),
             "pareto_k": pareto_k(log_weights), "pareto_k_draws": NUM_PARETO_DRAWS}
-    return Posterior(model=model, method="laplace", draws=laplace_draws,
-                     standardizer=data.standardizer, history=history, info=info)
+    return dataclasses.replace(posterior, history=history, info=info)

@@ -34,6 +34,7 @@ from bayes_mdn.inference._optim import (
     build_program,
     check_finite_fit,
     make_optimizer,
+    partial_model,
     run_blocks,
 )
 from bayes_mdn.model import MDN
@@ -82,8 +83,9 @@ def map_program(model: MDN, data_shape: tuple[int, int, int], optimizer_key: tup
     """
     _, num_features, num_outputs = data_shape
     names = tuple(model.latent_shapes(num_features, num_outputs))
-    guide = AutoDelta(model.numpyro_model, prefix=PREFIX, init_loc_fn=init_to_uniform)
-    svi = SVI(model.numpyro_model, guide, make_optimizer(*optimizer_key), SortedTraceELBO())
+    model_fn = partial_model(model.numpyro_model, None)  # takes a row mask (shard_data)
+    guide = AutoDelta(model_fn, prefix=PREFIX, init_loc_fn=init_to_uniform)
+    svi = SVI(model_fn, guide, make_optimizer(*optimizer_key), SortedTraceELBO())
 
     def evaluate(estimate, key, X, y, y_scale):
         return mean_log_likelihood(model, point_values(estimate, names), X, y, y_scale)
@@ -115,7 +117,7 @@ def fit_map(model: MDN, data: FitData, key: jax.Array, options: MapOptions) -> P
         model=model, method="map",
         draws={name: value[None, None] for name, value in values.items()},
         standardizer=data.standardizer, history=result.history,
-        info=_info(options, data, started),
+        info=_info(options, data, started, result.num_devices),
     )
 
 
@@ -156,7 +158,7 @@ def fit_ensemble(model: MDN, data: FitData, key: jax.Array, options: EnsembleOpt
     history = dict(result.history)
     history["member_loss"] = history["loss"]
     history["loss"] = np.mean(history["member_loss"], axis=0)
-    info = _info(options, data, started)
+    info = _info(options, data, started, result.num_devices)
     info["num_members"] = size
     return Posterior(
         model=model, method="ensemble",
@@ -165,8 +167,9 @@ def fit_ensemble(model: MDN, data: FitData, key: jax.Array, options: EnsembleOpt
     )
 
 
-def _info(options: OptimOptions, data: FitData, started: float) -> dict:
+def _info(options: OptimOptions, data: FitData, started: float, num_devices: int) -> dict:
     schedule = options.lr_schedule if isinstance(options.lr_schedule, str) else "custom"
     return {"fit_seconds": time.perf_counter() - started, "num_steps": options.num_steps,
             "learning_rate": options.learning_rate, "lr_schedule": schedule,
-            "ema_decay": options.ema_decay, "num_rows": data.num_rows}
+            "ema_decay": options.ema_decay, "num_rows": data.num_rows,
+            "num_devices": num_devices}

@@ -1,9 +1,14 @@
 """Hamiltonian Monte Carlo (``method="nuts"``): numpyro's NUTS over several chains.
 
-Chains run vectorised on one device, or in parallel when there are at least as many devices
-as chains. Neural-network posteriors are multimodal and random starting points need long
-warm-ups, so starting from fitted networks (``init=`` a MAP fit, or better an ensemble, one
-member per chain) is usually the best use of the budget. Per-draw sampler statistics
+Chains run vectorised on one device, or spread evenly over several devices
+(``chain_method="parallel"``, the default when there are several): the vectorised chains are
+sharded over a one-dimensional device mesh, so each device runs its share of them. The whole
+sampler (initialisation, warm-up and sampling) is one compiled program per model, data shape
+and options, reused by later fits with another key or data of the same shape.
+
+Neural-network posteriors are multimodal and random starting points need long warm-ups, so
+starting from fitted networks (``init=`` a MAP fit, or better an ensemble, one member per
+chain) is usually the best use of the budget. Per-draw sampler statistics
 (divergences, tree depth, step size, acceptance, energy) are kept in
 ``Posterior.sample_stats``.
 """
@@ -12,6 +17,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
@@ -19,6 +25,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from numpyro.infer import MCMC, NUTS
 from numpyro.infer.util import unconstrain_fn
 
@@ -31,7 +38,9 @@ from bayes_mdn.posterior import Posterior
 
 __all__ = ["CHAIN_METHODS", "NutsOptions", "fit_nuts"]
 
-CHAIN_METHODS = ("vectorized", "parallel", "sequential")
+CHAIN_METHODS = ("auto", "vectorized", "parallel", "sequential")
+#: Name of the device-mesh axis the chains of ``chain_method="parallel"`` are sharded over.
+CHAIN_AXIS = "chains"
 #: numpyro extra field -> name in ``Posterior.sample_stats``.
 EXTRA_FIELDS = {"diverging": "diverging", "num_steps": "num_steps",
                 "accept_prob": "accept_prob", "energy": "energy",
@@ -60,9 +69,16 @@ class NutsOptions:
         Step-size adaptation target in (0, 1); raise it (0.9, 0.95) against divergences.
     max_tree_depth : int
         Trajectories have at most ``2 ** max_tree_depth - 1`` leapfrog steps.
-    chain_method : str, optional
-        ``"vectorized"``, ``"parallel"`` or ``"sequential"``; by default parallel when there
-        are at least `num_chains` devices, vectorised otherwise.
+    chain_method : str
+        How the chains share the hardware. ``"vectorized"``: all chains batched on one
+        device. ``"parallel"``: the batched chains sharded evenly over ``d`` local devices
+        (``jax.local_devices()``), ``d`` the largest divisor of `num_chains` not above
+        ``jax.local_device_count()``; each device advances its ``num_chains / d`` chains
+        and the devices step in lockstep. ``"sequential"``: one chain after another on one
+        device (least memory). ``"auto"`` (default): parallel when that uses at least two
+        devices, vectorised otherwise. The choice changes the draws only through
+        floating-point rounding (which NUTS amplifies: the draws differ, the posterior they
+        sample does not).
     thinning : int
         Keep every `thinning`-th draw.
     progress : bool
@@ -86,7 +102,7 @@ class NutsOptions:
     dense_mass: bool = False
     target_accept_prob: float = 0.8
     max_tree_depth: int = 10
-    chain_method: str | None = None
+    chain_method: str = "auto"
     thinning: int = 1
     progress: bool = False
     checkpoint: str | os.PathLike | None = None
@@ -103,9 +119,11 @@ class NutsOptions:
                              f"{self.target_accept_prob}.")
         check_positive_int(self.max_tree_depth, "max_tree_depth")
         check_positive_int(self.thinning, "thinning")
-        if self.chain_method is not None:
-            object.__setattr__(self, "chain_method",
-                               check_choice(self.chain_method, "chain_method", CHAIN_METHODS))
+        chain_method = "auto" if self.chain_method is None else self.chain_method
+        object.__setattr__(self, "chain_method",
+                           check_choice(chain_method, "chain_method", CHAIN_METHODS))
+        if self.chain_method == "parallel":
+            self.num_chain_devices()  # raises if the chains cannot be spread
         for name in ("dense_mass", "progress"):
             if not isinstance(getattr(self, name), bool):
                 raise TypeError(f"`{name}` must be True or False; got {getattr(self, name)!r}.")
@@ -117,99 +135,199 @@ class NutsOptions:
                     raise ValueError(f"With checkpoints, `{name}` must be a multiple of "
                                      f"`thinning` ({self.thinning}); got {value}.")
 
-    def resolved_chain_method(self) -> str:
-        if self.chain_method is not None:
-            return self.chain_method
-        if self.num_chains > 1 and jax.local_device_count() >= self.num_chains:
-            return "parallel"
-        return "vectorized"
+    def num_chain_devices(self) -> int:
+        """How many local devices ``chain_method="parallel"`` spreads the chains over: the
+        largest divisor of `num_chains` not above ``jax.local_device_count()``.
+
+        Raises
+        ------
+        ValueError
+            For ``chain_method="parallel"`` when that is a single device.
+        """
+        available = jax.local_device_count()
+        devices = max(d for d in range(1, min(available, self.num_chains) + 1)
+                      if self.num_chains % d == 0)
+        if devices == 1 and self.chain_method == "parallel":
+            if available == 1:
+                raise ValueError(
+                    "chain_method='parallel' spreads the chains over several devices, but "
+                    "jax.local_device_count() is 1. Use chain_method='vectorized' (or "
+                    "'auto'); on CPU, simulate N devices by setting the environment variable "
+                    "XLA_FLAGS=--xla_force_host_platform_device_count=N before jax is "
+                    "imported.")
+            raise ValueError(
+                f"chain_method='parallel' spreads the chains evenly over devices, but "
+                f"num_chains={self.num_chains} cannot be split evenly over {available} "
+                f"devices (jax.local_device_count()) or fewer. Use a num_chains that is a "
+                f"multiple of {available}, or chain_method='vectorized'.")
+        return devices
+
+    def resolved_chain_method(self) -> tuple[str, int]:
+        """The chain method to run (``"auto"`` resolved) and how many devices it uses."""
+        if self.chain_method in ("auto", "parallel"):
+            devices = self.num_chain_devices()
+            return ("parallel", devices) if devices > 1 else ("vectorized", 1)
+        return self.chain_method, 1
+
+
+@dataclass(frozen=True, eq=False)
+class _Sampler:
+    """numpyro's MCMC for one configuration, and its runs as cached compiled programs.
+
+    ``MCMC.run`` on its own compiles its sampling loop anew on every call (numpyro wraps the
+    loop body in a fresh ``jax.jit`` each time, and the loop's cache is keyed on it), which
+    costs seconds to minutes per fit. Tracing each whole run, initialisation included, inside
+    one ``jax.jit`` of ours, built once per configuration, makes a later fit with another key
+    or other data of the same shape reuse the compiled program. With ``progress=True``
+    numpyro drives the loop from Python (the progress bar), so runs stay eager.
+
+    Attributes
+    ----------
+    run : callable
+        ``(key, X, y, y_scale, start) -> (samples, extra_fields, last_state)``: warm-up and
+        sampling from `start`, the *constrained* starting points (C, ...).
+    warmup : callable
+        ``(key, X, y, y_scale, start) -> state``: the warm-up only.
+    resume : callable
+        ``(state, X, y, y_scale) -> (samples, extra_fields, last_state)``: sampling from a
+        post-warm-up state, continuing its PRNG keys.
+    """
+
+    run: Callable[..., Any]
+    warmup: Callable[..., Any]
+    resume: Callable[..., Any]
 
 
 @lru_cache(maxsize=8)
-def _sampler(model: MDN, data_shape: tuple[int, int, int], settings: tuple) -> MCMC:
-    """One MCMC object per configuration: it caches its compiled sampler across runs
-    (``jit_model_args=True`` makes the data an argument rather than a constant)."""
+def _sampler(model: MDN, data_shape: tuple[int, int, int], settings: tuple) -> _Sampler:
+    """The sampler of one configuration (``jit_model_args=True`` makes the data an argument
+    of the compiled programs rather than a constant)."""
     (num_warmup, num_samples, num_chains, dense_mass, target_accept_prob, max_tree_depth,
      chain_method, thinning, progress) = settings
     kernel = NUTS(model.numpyro_model, dense_mass=dense_mass,
                   target_accept_prob=target_accept_prob, max_tree_depth=max_tree_depth)
-    return MCMC(kernel, num_warmup=num_warmup, num_samples=num_samples, num_chains=num_chains,
-                chain_method=chain_method, thinning=thinning, progress_bar=progress,
-                jit_model_args=True)
+    # "parallel" is the vectorised sampler run on chain-sharded inputs (see fit_nuts).
+    mcmc = MCMC(kernel, num_warmup=num_warmup, num_samples=num_samples, num_chains=num_chains,
+                chain_method="vectorized" if chain_method == "parallel" else chain_method,
+                thinning=thinning, progress_bar=progress, jit_model_args=True)
+    fields = tuple(EXTRA_FIELDS)
+
+    def unconstrained(start, X, y, y_scale):
+        # numpyro's sampler takes init_params as inputs of its potential function, so a
+        # positive site (a hierarchical prior's scale) must enter as its logarithm.
+        def one(point):
+            return unconstrain_fn(model.numpyro_model, (X, y), {"y_scale": y_scale}, point)
+
+        if num_chains == 1:
+            return one({name: value[0] for name, value in start.items()})
+        return jax.vmap(one)(start)
+
+    def results():
+        return (mcmc.get_samples(group_by_chain=True),
+                mcmc.get_extra_fields(group_by_chain=True), mcmc.last_state)
+
+    def run(key, X, y, y_scale, start):
+        mcmc.run(key, X, y, y_scale=y_scale, init_params=unconstrained(start, X, y, y_scale),
+                 extra_fields=fields)
+        return results()
+
+    def warmup(key, X, y, y_scale, start):
+        try:
+            mcmc.warmup(key, X, y, y_scale=y_scale,
+                        init_params=unconstrained(start, X, y, y_scale), extra_fields=fields)
+            return mcmc.post_warmup_state
+        finally:
+            mcmc.post_warmup_state = None
+
+    def resume(state, X, y, y_scale):
+        # The post-warm-up state is always cleared after use, so that a later run never
+        # skips its warm-up.
+        mcmc.post_warmup_state = state
+        try:
+            mcmc.run(state.rng_key, X, y, y_scale=y_scale, extra_fields=fields)
+            return results()
+        finally:
+            mcmc.post_warmup_state = None
+
+    compiled = (lambda fn: fn) if progress else jax.jit
+    return _Sampler(run=compiled(run), warmup=compiled(warmup), resume=compiled(resume))
 
 
 def _starting_points(model: MDN, data: FitData, key: jax.Array, options: NutsOptions
                      ) -> dict[str, jax.Array]:
-    """One starting point per chain, each site (C, ...), in *unconstrained* coordinates:
-    numpyro's sampler takes ``init_params`` as inputs of its potential function, so a
-    positive site (a hierarchical prior's scale) must enter as its logarithm."""
+    """One starting point per chain, each site (C, ...), in constrained coordinates."""
     chains = options.num_chains
     if options.init is None:
-        start = initial_params(model, data, jax.random.split(key, chains))
-    else:
-        draws = draws_from_init(options.init, model, data)
-        available = next(iter(draws.values())).shape[0]
-        index = (np.arange(chains) * available) // chains
-        start = {name: value[index] for name, value in draws.items()}
+        return initial_params(model, data, jax.random.split(key, chains))
+    draws = draws_from_init(options.init, model, data)
+    available = next(iter(draws.values())).shape[0]
+    index = (np.arange(chains) * available) // chains
+    return {name: value[index] for name, value in draws.items()}
 
-    def unconstrain(point):
-        return unconstrain_fn(model.numpyro_model, (data.X, data.y), {"y_scale": data.y_scale},
-                              point)
 
-    return jax.vmap(unconstrain)(start)
+def _chain_sharding(num_chains: int, num_devices: int):
+    """``tree -> tree`` placing every array with a leading chain axis (C, ...) sharded over
+    a mesh of the first `num_devices` local devices, and every other array replicated; the
+    identity on one device."""
+    if num_devices == 1:
+        return lambda tree: tree
+    mesh = Mesh(np.asarray(jax.local_devices()[:num_devices]), (CHAIN_AXIS,))
+    sharded = NamedSharding(mesh, PartitionSpec(CHAIN_AXIS))
+    replicated = NamedSharding(mesh, PartitionSpec())
+
+    def place(value):
+        chained = np.ndim(value) >= 1 and np.shape(value)[0] == num_chains
+        return jax.device_put(value, sharded if chained else replicated)
+
+    return lambda tree: jax.tree.map(place, tree)
+
+
+def _to_host(tree):
+    """Every array of `tree` as a NumPy array (gathered from however many devices)."""
+    return jax.tree.map(np.asarray, jax.device_get(tree))
 
 
 def _sample_with_checkpoints(model: MDN, data: FitData, settings: tuple, start, run_key,
-                             plan: CheckpointPlan) -> tuple[dict, dict]:
+                             plan: CheckpointPlan, place) -> tuple[dict, dict]:
     """Warm-up, then the draws in segments that end at checkpoint boundaries.
 
     Each segment continues the chains from the previous segment's last state (its PRNG key
     included), so the draws are those of one uninterrupted run. Returns the samples and the
     extra fields, each (C, S, ...).
     """
-    args, kwargs, fields = (data.X, data.y), {"y_scale": data.y_scale}, tuple(EXTRA_FIELDS)
+    args = (data.X, data.y, data.y_scale)
     num_warmup, total, num_chains = settings[:3]
 
-    def run_segment(num_samples: int, state=None):
-        # Cached per segment length; the post-warm-up state is always cleared after use so
-        # a cached sampler never skips the warm-up of a later, unrelated fit.
-        mcmc = _sampler(model, data.shape, (settings[0], num_samples, *settings[2:]))
-        try:
-            if state is None:
-                mcmc.warmup(run_key, *args, init_params=start, extra_fields=fields, **kwargs)
-                return mcmc.post_warmup_state, None, None
-            mcmc.post_warmup_state = state
-            mcmc.run(state.rng_key, *args, extra_fields=fields, **kwargs)
-            return (mcmc.last_state, mcmc.get_samples(group_by_chain=True),
-                    jax.device_get(mcmc.get_extra_fields(group_by_chain=True)))
-        finally:
-            mcmc.post_warmup_state = None
+    def sampler(num_samples: int) -> _Sampler:
+        return _sampler(model, data.shape, (settings[0], num_samples, *settings[2:]))
 
     samples: dict[str, list] = {}
     extra: dict[str, list] = {}
     if plan.resumed is None:
-        state, _, _ = run_segment(plan.next_stop(0, total))  # the first segment's sampler
+        state = sampler(plan.next_stop(0, total)).warmup(run_key, *args, start)
         if plan.path is not None:
             plan.write(0, {"state": state}, {})
     else:
         kernel = NUTS(model.numpyro_model, dense_mass=settings[3],
                       target_accept_prob=settings[4], max_tree_depth=settings[5])
         keys = jax.random.split(run_key, num_chains) if num_chains > 1 else run_key
+        point = start if num_chains > 1 else {name: value[0] for name, value in start.items()}
+        # Unconstrained coordinates have the constrained shapes: only shapes matter here.
         template = jax.eval_shape(
             lambda k, s, X, y, scale: kernel.init(k, num_warmup, s, model_args=(X, y),
                                                   model_kwargs={"y_scale": scale}),
-            keys, start, data.X, data.y, data.y_scale)
-        state = plan.restore("state", template)
+            keys, point, *args)
+        state = place(plan.restore("state", template))
         samples = {name: [value] for name, value in plan.arrays("draws").items()}
         extra = {name: [value] for name, value in plan.arrays("stats").items()}
     done = plan.num_done
     while done < total:
         stop = plan.next_stop(done, total)
-        state, new_samples, new_extra = run_segment(stop - done, state)
-        for name, value in new_samples.items():
-            samples.setdefault(name, []).append(np.asarray(value))
-        for name, value in new_extra.items():
-            extra.setdefault(name, []).append(np.asarray(value))
+        new_samples, new_extra, state = sampler(stop - done).resume(state, *args)
+        for name, value in _to_host(new_samples).items():
+            samples.setdefault(name, []).append(value)
+        for name, value in _to_host(new_extra).items():
+            extra.setdefault(name, []).append(value)
         done = stop
         if plan.due(done, total):
             plan.write(done, {"state": state}, {
@@ -217,31 +335,30 @@ def _sample_with_checkpoints(model: MDN, data: FitData, settings: tuple, start, 
                    for name, value in samples.items()},
                 **{f"stats/{name}": np.concatenate(value, axis=1)
                    for name, value in extra.items()}})
-    return ({name: jnp.asarray(np.concatenate(value, axis=1)) for name, value in samples.items()},
+    return ({name: np.concatenate(value, axis=1) for name, value in samples.items()},
             {name: np.concatenate(value, axis=1) for name, value in extra.items()})
 
 
 def fit_nuts(model: MDN, data: FitData, key: jax.Array, options: NutsOptions) -> Posterior:
     started = time.perf_counter()
     init_key, run_key = jax.random.split(key)
-    chain_method = options.resolved_chain_method()
+    chain_method, num_devices = options.resolved_chain_method()
     settings = (options.num_warmup, options.num_samples, options.num_chains,
                 options.dense_mass, options.target_accept_prob, options.max_tree_depth,
                 chain_method, options.thinning, options.progress)
     plan = checkpoint_plan("nuts", model, data, key, options, options.num_samples)
-    start = _starting_points(model, data, init_key, options)
-    if options.num_chains == 1:
-        start = {name: value[0] for name, value in start.items()}
+    place = _chain_sharding(options.num_chains, num_devices)
+    start = place(_starting_points(model, data, init_key, options))
     if plan is None:
-        mcmc = _sampler(model, data.shape, settings)
-        mcmc.run(run_key, data.X, data.y, y_scale=data.y_scale, init_params=start,
-                 extra_fields=tuple(EXTRA_FIELDS))
-        samples = mcmc.get_samples(group_by_chain=True)
-        extra = jax.device_get(mcmc.get_extra_fields(group_by_chain=True))
+        samples, extra, _ = _sampler(model, data.shape, settings).run(
+            run_key, data.X, data.y, data.y_scale, start)
+        samples, extra = _to_host(samples), _to_host(extra)
     else:
-        samples, extra = _sample_with_checkpoints(model, data, settings, start, run_key, plan)
+        samples, extra = _sample_with_checkpoints(model, data, settings, start, run_key, plan,
+                                                  place)
     names = list(model.latent_shapes(data.shape[1], data.shape[2]))
-    draws = {name: samples[name] for name in names}
+    # Back on the default device, like every other method's draws.
+    draws = {name: jnp.asarray(samples[name]) for name in names}
     stats = {EXTRA_FIELDS[field]: np.asarray(value) for field, value in extra.items()}
     num_steps = stats["num_steps"].astype(np.int64)
     stats["tree_depth"] = np.ceil(np.log2(num_steps + 1)).astype(np.int64)
@@ -254,6 +371,7 @@ def fit_nuts(model: MDN, data: FitData, key: jax.Array, options: NutsOptions) ->
         "fit_seconds": time.perf_counter() - started, "num_rows": data.num_rows,
         "num_warmup": options.num_warmup, "num_samples": options.num_samples,
         "num_chains": options.num_chains, "chain_method": chain_method,
+        "num_devices": num_devices,
         "dense_mass": options.dense_mass, "target_accept_prob": options.target_accept_prob,
         "max_tree_depth": options.max_tree_depth, "thinning": options.thinning,
         "num_divergent": num_divergent,

@@ -1,4 +1,14 @@
-"""Compiled query kernels: each visits the draws in chunks with a streaming reduction."""
+"""Compiled query kernels: each visits the draws in chunks with a streaming reduction.
+
+Everything inside a kernel is in standardised units of y (the network's own units, where
+values are O(1)): component parameters come straight from the network, and the targets, grids
+and bounds a kernel receives are standardised too. The conversion to and from original units
+is affine and happens on the host in float64 (:class:`~bayes_mdn.PredictiveMixture`), so that
+neither a large offset (y ~ 1e8 + O(1)) nor a huge or tiny scale (variances ~ 1e40) is ever
+held in float32. Kernels still take `y_shift` alongside `y_scale` so that all share one
+signature; only `y_scale` is used (by families with quantities fixed in original units, e.g.
+``Normal(fixed_scale=...)``).
+"""
 
 from __future__ import annotations
 
@@ -20,7 +30,7 @@ if TYPE_CHECKING:
 
 # --------------------------------------------------------------------------- draw chunks
 class _Chunk(NamedTuple):
-    """One chunk of b draws evaluated at m inputs, in original units of y.
+    """One chunk of b draws evaluated at m inputs, in standardised units of y.
 
     log_weights : (m, b, K) log mixing weights within each draw (log-softmax, no 1/S).
     params : dict of (m, b, K, d) component parameters.
@@ -45,8 +55,9 @@ def _num_chunks(num_draws: int, draw_chunk: int) -> int:
 def _draw_chunk(model: MDN, draws, y_shift, y_scale, X_std, draw_chunk: int, index) -> _Chunk:
     """Evaluate draws ``[index * b, (index + 1) * b)`` at every input of the chunk.
 
-    Positions past the last draw gather the last real draw again (a dynamic gather instead of
-    a padded copy of all draws) and are flagged invalid.
+    Parameters are in standardised units of y (`y_shift` is unused; see the module
+    docstring). Positions past the last draw gather the last real draw again (a dynamic
+    gather instead of a padded copy of all draws) and are flagged invalid.
     """
     num_draws = _num_draws(draws)
     first = index * draw_chunk
@@ -61,7 +72,6 @@ def _draw_chunk(model: MDN, draws, y_shift, y_scale, X_std, draw_chunk: int, ind
         return model.mixture(params, X_std, y_scale)
 
     log_weights, params = jax.vmap(one_draw, out_axes=1)(subset)  # (m, b, K), (m, b, K, d)
-    params = model.family.to_original_units(params, y_shift, y_scale)
     return _Chunk(log_weights, params, positions < num_draws, first)
 
 
@@ -143,8 +153,9 @@ def _trapezoid(values: jax.Array, spacing: jax.Array) -> jax.Array:
 # Every kernel takes (model, draw_chunk, [static options,] draws, y_shift, y_scale, X_std,
 # [per-input rows,] [trailing arrays,] [key, start]) and returns per-input results for the
 # chunk of inputs; _mixture_kernel alone has no draw_chunk (it returns all S x K terms).
+# Rows, trailing arrays and results are all in standardised units of y.
 def _flat_mixture(model: MDN, draws, y_shift, y_scale, X_std):
-    """Log-weights (m, S*K) and component params (m, S*K, d) in original units of y."""
+    """Log-weights (m, S*K) and component params (m, S*K, d) in standardised units of y."""
     num_draws = _num_draws(draws)
     chunk = _draw_chunk(model, draws, y_shift, y_scale, X_std, num_draws, 0)
     params = {name: _flat(value) for name, value in chunk.params.items()}

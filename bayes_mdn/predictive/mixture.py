@@ -15,6 +15,15 @@ are chosen so that inputs x draws x K x D x (quantiles or grid points) stays und
 ``max_elements``; the draws are split only when one input's whole mixture does not fit.
 A last, partial draw chunk repeats the final real draw and masks the copies out (log-weight
 -inf, weight 0), so chunking never changes a result beyond float rounding.
+
+Units: the kernels evaluate everything in standardised units of y, ``(y - y_shift) / y_scale``,
+where values are O(1) whatever the data's units. Targets and grids are standardised here, on
+the host, in float64 before the cast to the compute dtype, and results are mapped back in
+float64: locations (means, quantiles, samples, modes, interval ends) as
+``value * y_scale + y_shift``, variances times ``y_scale**2``, log-densities and entropies
+plus or minus ``sum(log y_scale)``. Results in original units are therefore float64 arrays,
+so that y ~ 1e8 + O(1) keeps its O(1) part and a variance of 1e40 does not overflow.
+Families that keep y unstandardised (``family.standardize_y`` False) have shift 0 and scale 1.
 """
 
 from __future__ import annotations
@@ -80,7 +89,8 @@ class PredictiveMixture:
     """Posterior predictive distribution at M inputs: batch shape (M,), event shape (D,).
 
     Created by :meth:`bayes_mdn.Posterior.predictive`; every result is in the original units
-    of y. All queries are evaluated in bounded memory (see ``max_elements``).
+    of y (float64 where it carries those units; see the module docstring). All queries are
+    evaluated in bounded memory (see ``max_elements``).
 
     Attributes
     ----------
@@ -169,6 +179,27 @@ class PredictiveMixture:
     def _scalers(self) -> tuple[jax.Array, jax.Array]:
         return to_compute(self.standardizer.y_shift), to_compute(self.standardizer.y_scale)
 
+    # Kernels work in standardised units of y; these convert on the host, in float64.
+    def _affine(self) -> tuple[np.ndarray, np.ndarray]:
+        """(y_shift, y_scale), each (D,) float64."""
+        return (np.asarray(self.standardizer.y_shift, np.float64),
+                np.asarray(self.standardizer.y_scale, np.float64))
+
+    def _to_standardised(self, values: Any) -> np.ndarray:
+        """Values in original units, (..., D) (or any shape when D = 1, e.g. a grid (M, G)),
+        to standardised units in the compute dtype; the affine map runs in float64 first."""
+        shift, scale = self._affine()
+        return ((np.asarray(values, np.float64) - shift) / scale).astype(self.X_std.dtype)
+
+    def _to_original(self, values: Any) -> np.ndarray:
+        """Standardised locations (..., D) (any shape when D = 1) to original units, float64."""
+        shift, scale = self._affine()
+        return np.asarray(values, np.float64) * scale + shift
+
+    def _log_scale(self) -> float:
+        """``sum(log y_scale)``: subtract from a standardised log-density, add to an entropy."""
+        return float(np.sum(np.log(self._affine()[1])))
+
     def _chunk_plan(self, extra: int = 1, per_input: int = 0) -> tuple[int, int]:
         """(input_chunk, draw_chunk) for a query whose terms per (input, draw) are
         K x D x `extra`, plus `per_input` terms per input that do not scale with draws.
@@ -200,12 +231,13 @@ class PredictiveMixture:
         return _map_chunks(call, (self.X_std, *row_arrays), input_chunk, batch_axis=batch_axis)
 
     def _targets(self, y: Any) -> np.ndarray:
+        """Validated targets (M, D), standardised, in the compute dtype."""
         values = as_targets(y, "y", num_outputs=self.num_outputs)
         if values.shape[0] != self.num_inputs:
             raise ValueError(
                 f"`y` must have one row per input ({self.num_inputs}); got {values.shape[0]} rows."
             )
-        return values.astype(self.X_std.dtype)
+        return self._to_standardised(values)
 
     def _require_one_output(self, query: str, advice: str) -> None:
         if self.num_outputs != 1:
@@ -214,7 +246,8 @@ class PredictiveMixture:
 
     def _support_grid(self, grid_size: int, points_per_iqr: float
                       ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Per-input range (M,) holding all but a negligible tail of every draw (D = 1).
+        """Per-input range (M,) holding all but a negligible tail of every draw (D = 1), in
+        standardised units (float64).
 
         Also returns, per input, the grid size that `grid_size` points fall short of (0 where
         they suffice): the grid must put `points_per_iqr` points across the interquartile
@@ -242,8 +275,11 @@ class PredictiveMixture:
     # Discrete families (D = 1): grids are the integers of a range per input.
     def _integer_support(self) -> tuple[np.ndarray, np.ndarray]:
         """Per-input integer range [lower, upper] (M,) holding all but a negligible tail of
-        every draw (the same tail cut as :meth:`_support_grid`)."""
-        lower, upper, _ = (value[:, 0].astype(np.float64)
+        every draw (the same tail cut as :meth:`_support_grid`), in original units.
+
+        Discrete families do not standardise y, so these integers are also the kernels'
+        units (the integer entropy grid is built inside the kernel)."""
+        lower, upper, _ = (self._to_original(value[:, 0])
                            for value in self._run(_support_kernel, extra=4))
         lower = np.maximum(np.floor(lower), self.model.family.support[0])
         return lower, np.maximum(np.ceil(upper), lower)
@@ -274,9 +310,10 @@ class PredictiveMixture:
 
         Returns
         -------
-        numpy.ndarray, shape (M,)
+        numpy.ndarray, shape (M,), float64
         """
-        return self._run(_log_prob_kernel, (self._targets(y),))
+        log_density = self._run(_log_prob_kernel, (self._targets(y),))
+        return log_density.astype(np.float64) - self._log_scale()
 
     def cdf(self, y: Any) -> np.ndarray:
         """Marginal cdf of each output dimension at `y`.
@@ -292,28 +329,32 @@ class PredictiveMixture:
         return self._run(_cdf_kernel, (self._targets(y),))
 
     def mean(self) -> np.ndarray:
-        """Predictive mean, a numpy.ndarray of shape (M, D)."""
+        """Predictive mean, a float64 numpy.ndarray of shape (M, D)."""
         self.model.family.check_moments(1)
-        return self._run(_moments_kernel)[0]
+        return self._to_original(self._run(_moments_kernel)[0])
 
     def variance(self) -> np.ndarray:
-        """Predictive marginal variance (aleatoric + epistemic), a numpy.ndarray (M, D)."""
+        """Predictive marginal variance (aleatoric + epistemic), a float64 numpy.ndarray
+        (M, D)."""
         self.model.family.check_moments(2)
-        return self._run(_moments_kernel)[1]
+        return self._run(_moments_kernel)[1].astype(np.float64) * np.square(self._affine()[1])
 
     def variance_decomposition(self) -> tuple[np.ndarray, np.ndarray]:
         """Split the predictive variance by the law of total variance over posterior draws.
 
         Returns
         -------
-        aleatoric : numpy.ndarray, shape (M, D)
+        aleatoric : numpy.ndarray, shape (M, D), float64
             ``E_s[Var(y | x, theta_s)]``: noise the model expects even with known weights.
-        epistemic : numpy.ndarray, shape (M, D)
+        epistemic : numpy.ndarray, shape (M, D), float64
             ``Var_s[E(y | x, theta_s)]``: disagreement between draws; zero for MAP.
             ``aleatoric + epistemic`` equals :meth:`variance`.
         """
         self.model.family.check_moments(2)
-        return self._run(_variance_split_kernel)
+        squared_scale = np.square(self._affine()[1])
+        aleatoric, epistemic = self._run(_variance_split_kernel)
+        return (aleatoric.astype(np.float64) * squared_scale,
+                epistemic.astype(np.float64) * squared_scale)
 
     def quantiles(self, q: Any, *, num_iterations: int | None = None) -> np.ndarray:
         """Marginal quantiles by bisection on the mixture cdf (monotone in `q`).
@@ -328,7 +369,7 @@ class PredictiveMixture:
 
         Returns
         -------
-        numpy.ndarray, shape (Q, M, D)
+        numpy.ndarray, shape (Q, M, D), float64
         """
         levels = np.atleast_1d(np.asarray(q, dtype=np.float64))
         if levels.ndim != 1 or levels.size == 0:
@@ -337,9 +378,15 @@ class PredictiveMixture:
             raise ValueError(
                 f"`q` must lie strictly between 0 and 1; got {levels.tolist()}."
             )
+        if num_iterations is not None:
+            num_iterations = check_positive_int(num_iterations, "num_iterations")
+        return self._to_original(self._standardised_quantiles(levels, num_iterations))
+
+    def _standardised_quantiles(self, levels: np.ndarray, num_iterations: int | None = None
+                                ) -> np.ndarray:
+        """Quantiles (Q, M, D) at validated float64 `levels`, in standardised units."""
         if num_iterations is None:
             num_iterations = 64 if to_compute(0.0).dtype == np.float64 else 40
-        num_iterations = check_positive_int(num_iterations, "num_iterations")
         input_chunk, draw_chunk = self._chunk_plan(levels.size)
         # Keep every draw chunk's mixture for the bisection steps when that fits the budget
         # too; otherwise the network is re-run per step (compute instead of memory).
@@ -365,12 +412,12 @@ class PredictiveMixture:
 
         Returns
         -------
-        numpy.ndarray, shape (num_samples, M, D)
+        numpy.ndarray, shape (num_samples, M, D), float64
         """
         key = check_key(key)
         num_samples = check_positive_int(num_samples, "num_samples")
-        return self._run(_sample_kernel, batch_axis=1, static=(num_samples,), key=key,
-                         per_input=num_samples * self.num_components)
+        return self._to_original(self._run(_sample_kernel, batch_axis=1, static=(num_samples,),
+                                           key=key, per_input=num_samples * self.num_components))
 
     def modes(self, *, grid_size: int = 512, min_relative_density: float = 1e-3
               ) -> list[np.ndarray]:
@@ -401,20 +448,23 @@ class PredictiveMixture:
                 f"{self.num_outputs}. Query each output's marginal via quantiles() instead."
             )
         grid_size = check_positive_int(grid_size, "grid_size", minimum=3)
-        bounds = self.quantiles(np.array([5e-4, 1 - 5e-4]))[:, :, 0]  # (2, M)
+        levels = np.array([5e-4, 1 - 5e-4])
         if self.model.family.discrete:
+            bounds = self.quantiles(levels)[:, :, 0]  # (2, M)
             modes: list[np.ndarray] = []
-            lower = np.maximum(bounds[0].astype(np.float64), self.model.family.support[0])
+            lower = np.maximum(bounds[0], self.model.family.support[0])
             for part, grid in self._integer_blocks("modes()", lower, bounds[1]):
                 log_mass = part.log_prob_grid(grid)
-                modes.extend(_integer_modes(grid, log_mass.astype(np.float64),
-                                            min_relative_density))
+                modes.extend(_integer_modes(grid, log_mass, min_relative_density))
             return modes
+        # Grid, density and refinement in standardised units; the modes are mapped back.
+        bounds = self._standardised_quantiles(levels)[:, :, 0].astype(np.float64)  # (2, M)
         fractions = np.linspace(0.0, 1.0, grid_size)
-        grid = bounds[0][:, None] + (bounds[1] - bounds[0])[:, None] * fractions  # (M, G)
-        log_density = self.log_prob_grid(grid)
-        return _refine_modes(grid.astype(np.float64), log_density.astype(np.float64),
-                             min_relative_density)
+        grid = (bounds[0][:, None] + (bounds[1] - bounds[0])[:, None] * fractions).astype(
+            self.X_std.dtype)  # (M, G)
+        log_density = self._run(_log_prob_grid_kernel, (grid,), extra=grid_size)
+        return [self._to_original(mode) for mode in _refine_modes(
+            grid.astype(np.float64), log_density.astype(np.float64), min_relative_density)]
 
     def hdr(self, level: float, *, grid_size: int = 2048) -> list[np.ndarray]:
         """Highest-density region (D = 1): the smallest set holding probability `level`.
@@ -466,7 +516,7 @@ class PredictiveMixture:
         if self.model.family.discrete:
             regions: list[np.ndarray] = []
             for part, grid in self._integer_blocks("hdr()", *self._integer_support()):
-                log_mass = part._run(_log_prob_grid_kernel, (grid.astype(self.X_std.dtype),),
+                log_mass = part._run(_log_prob_grid_kernel, (part._to_standardised(grid),),
                                      extra=grid.shape[1])
                 regions.extend(_integer_hdr(grid, np.exp(log_mass.astype(np.float64)), level))
             return regions
@@ -477,12 +527,13 @@ class PredictiveMixture:
         needed = []
         for start in range(0, self.num_inputs, block):
             part = self if block >= self.num_inputs else self[start:start + block]
+            # Grid and intervals in standardised units (densities O(1)); ends mapped back.
             lower, upper, part_needed = part._support_grid(grid_size, 8.0)
             needed.append(part_needed)
             grid = (lower[:, None] + (upper - lower)[:, None] * fractions).astype(
                 self.X_std.dtype)
             log_density = part._run(_log_prob_grid_kernel, (grid,), extra=grid_size)
-            regions.extend(_highest_density_intervals(
+            regions.extend(self._to_original(region) for region in _highest_density_intervals(
                 grid.astype(np.float64), np.exp(log_density.astype(np.float64)), level))
         self._warn_coarse("hdr()", grid_size, np.concatenate(needed))
         return regions
@@ -534,12 +585,12 @@ class PredictiveMixture:
 
         Returns
         -------
-        total : numpy.ndarray, shape (M,)
+        total : numpy.ndarray, shape (M,), float64
             Predictive entropy ``H[p(y | x)]``.
-        expected : numpy.ndarray, shape (M,)
+        expected : numpy.ndarray, shape (M,), float64
             ``E_s H[p(y | x, theta_s)]``.
-        mutual_information : numpy.ndarray, shape (M,)
-            ``total - expected``.
+        mutual_information : numpy.ndarray, shape (M,), float64
+            ``total - expected`` (independent of the units of y).
         """
         method = check_choice(method, "method", ("auto", "quadrature", "monte_carlo"))
         if key is not None:
@@ -551,6 +602,8 @@ class PredictiveMixture:
                                      "Use method='monte_carlo' with key=jax.random.key(0).")
             grid_size = check_positive_int(grid_size, "grid_size", minimum=16)
             if self.model.family.discrete:
+                # Integers in original units, which are the kernels' units here (y is not
+                # standardised for discrete families).
                 lower, upper = self._integer_support()
                 size = int(np.max(upper - lower)) + 1
                 next(self._integer_blocks("entropy_decomposition()", lower, upper))  # size check
@@ -558,14 +611,14 @@ class PredictiveMixture:
                 bounds = (lower.astype(self.X_std.dtype), upper.astype(self.X_std.dtype))
                 total, expected = self._run(_entropy_grid_kernel, bounds, extra=size,
                                             static=(size,))
-                return total, expected, total - expected
-            # The trapezoid rule is spectrally accurate here: one point per interquartile
-            # range already gets a Normal's entropy to ~1e-5.
-            lower, upper, needed = self._support_grid(grid_size, 1.0)
-            self._warn_coarse("entropy_decomposition()", grid_size, needed)
-            bounds = (lower.astype(self.X_std.dtype), upper.astype(self.X_std.dtype))
-            total, expected = self._run(_entropy_grid_kernel, bounds, extra=grid_size,
-                                        static=(grid_size,))
+            else:
+                # The trapezoid rule is spectrally accurate here: one point per interquartile
+                # range already gets a Normal's entropy to ~1e-5. Standardised units.
+                lower, upper, needed = self._support_grid(grid_size, 1.0)
+                self._warn_coarse("entropy_decomposition()", grid_size, needed)
+                bounds = (lower.astype(self.X_std.dtype), upper.astype(self.X_std.dtype))
+                total, expected = self._run(_entropy_grid_kernel, bounds, extra=grid_size,
+                                            static=(grid_size,))
         else:
             if key is None:
                 raise TypeError(
@@ -576,7 +629,10 @@ class PredictiveMixture:
             total, expected = self._run(_entropy_mc_kernel, static=(num_samples,), key=key,
                                         extra=num_samples,
                                         per_input=num_samples * self.num_components)
-        return total, expected, total - expected
+        # Standardised entropies to original units: H[y] = H[y_std] + sum(log y_scale).
+        total, expected = total.astype(np.float64), expected.astype(np.float64)
+        log_scale = self._log_scale()
+        return total + log_scale, expected + log_scale, total - expected
 
     def log_prob_grid(self, grid: Any) -> np.ndarray:
         """Log-density on a grid of y values per input (D = 1), e.g. for plotting.
@@ -590,7 +646,7 @@ class PredictiveMixture:
 
         Returns
         -------
-        numpy.ndarray, shape (M, G)
+        numpy.ndarray, shape (M, G), float64
         """
         if self.num_outputs != 1:
             raise ValueError(f"log_prob_grid() needs one output (D = 1); this model has D = "
@@ -603,8 +659,9 @@ class PredictiveMixture:
                              f"{np.shape(grid)}.")
         if not np.isfinite(values).all():
             raise ValueError("`grid` must hold finite values only.")
-        return self._run(_log_prob_grid_kernel, (values.astype(self.X_std.dtype),),
-                         extra=values.shape[1])
+        log_density = self._run(_log_prob_grid_kernel, (self._to_standardised(values),),
+                                extra=values.shape[1])
+        return log_density.astype(np.float64) - self._log_scale()
 
     def mixture_parameters(self) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         """The flattened S x K mixture at every input, in original units.
@@ -618,10 +675,15 @@ class PredictiveMixture:
             Log mixing weights including the 1/S draw weight; ``logsumexp`` over the last
             axis is 0.
         params : dict of str to numpy.ndarray
-            Component parameters, each (M, S * K, d), e.g. ``loc`` and ``scale``.
+            Component parameters, each (M, S * K, d) float64, e.g. ``loc`` and ``scale``.
         """
         per_input = self.num_draws * self.num_components * self.num_outputs
         input_chunk = _chunk_sizes(self.num_inputs, 1, per_input, self.max_elements)[0]
-        return self._run(_mixture_kernel, plan=(input_chunk, None))
+        log_weights, params = self._run(_mixture_kernel, plan=(input_chunk, None))
+        # The kernel returns standardised parameters; map them on the host, in float64.
+        shift, scale = self._affine()
+        params = self.model.family.to_original_units(
+            {name: np.asarray(value, np.float64) for name, value in params.items()}, shift, scale)
+        return log_weights, {name: np.asarray(value, np.float64) for name, value in params.items()}
 
 
