@@ -135,7 +135,7 @@ class Posterior:
         Returns
         -------
         dict of str to Array
-            Each entry (C * S, *site_shape).
+            Each entry ``(C * S, *site_shape)``.
         """
         draws = self.flat_draws()
         if self.linearised_at is None:
