@@ -5,6 +5,7 @@ from typing import Any
 
 from bayes_mdn import datasets, diagnostics, families, feature_networks, metrics, priors
 from bayes_mdn._arviz import compare
+from bayes_mdn._compilation_cache import enable_compilation_cache
 from bayes_mdn.diagnostics import ConvergenceWarning
 from bayes_mdn.io import load
 from bayes_mdn.model import MDN
@@ -22,6 +23,7 @@ __all__ = [
     "compare",
     "datasets",
     "diagnostics",
+    "enable_compilation_cache",
     "families",
     "feature_networks",
     "load",
