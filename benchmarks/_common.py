@@ -26,15 +26,22 @@ def machine() -> dict[str, Any]:
             "jax": jax.__version__, "devices": [str(d) for d in jax.devices()]}
 
 
-def write_results(name: str, payload: dict[str, Any], table: list[dict[str, Any]]) -> None:
-    """Write results/<name>.json and results/<name>.md (a Markdown table of `table`)."""
+def write_results(name: str, payload: dict[str, Any], table: list[dict[str, Any]],
+                  quiet: bool = False) -> None:
+    """Write results/<name>.json and results/<name>.md (a Markdown table of `table`, also
+    printed unless `quiet`). Rows may differ in their keys: the columns are their union."""
     RESULTS.mkdir(exist_ok=True)
     payload = {**payload, "machine": machine(), "rows": table}
     (RESULTS / f"{name}.json").write_text(json.dumps(payload, indent=2, default=float))
-    columns = list(table[0])
+    columns = list(dict.fromkeys(key for row in table for key in row))
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     for row in table:
-        cells = [f"{v:.4g}" if isinstance(v, float) else str(v) for v in row.values()]
+        cells = [_cell(row.get(column, "")) for column in columns]
         lines.append("| " + " | ".join(cells) + " |")
     (RESULTS / f"{name}.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    if not quiet:
+        print("\n".join(lines))
+
+
+def _cell(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)

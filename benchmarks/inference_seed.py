@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from collections.abc import Callable
 
 import _handwritten as hw
 import jax
@@ -53,7 +54,8 @@ SETTINGS = {
               map_steps=3000, members=8,
               svi=dict(num_steps=20_000, num_particles=4, lr_schedule="cosine",
                        learning_rate=0.01),
-              nuts=dict(num_chains=8, num_warmup=500, num_samples=300, max_tree_depth=6)),
+              nuts=dict(num_chains=8, num_warmup=500, num_samples=300, max_tree_depth=6),
+              nuts_hierarchical=True),
     4000: dict(K=20, hidden=(15, 15), prior_scale=2.0, scale_head_prior=0.5,
                map_steps=2000, members=8,
                svi=dict(num_steps=8000, num_particles=2, lr_schedule="cosine",
@@ -87,7 +89,9 @@ def clock(function):
     return result, time.perf_counter() - started
 
 
-def run_size(num_train: int, quick: bool, prior: str = "fan_in") -> list[dict]:
+def run_size(num_train: int, quick: bool, prior: str = "fan_in",
+             on_row: Callable[[dict], None] = lambda row: None) -> list[dict]:
+    """Fit every method at one training-set size; `on_row` sees each row as it is made."""
     setting = dict(SETTINGS[num_train])
     nuts_options = dict(setting["nuts"])
     if quick:
@@ -117,8 +121,9 @@ def run_size(num_train: int, quick: bool, prior: str = "fan_in") -> list[dict]:
                      "fit_s": seconds, "baseline_s": baseline_seconds,
                      "overhead_ratio": seconds / baseline_seconds, "timing": timing,
                      "full_fit_s": seconds if full_fit_s is None else full_fit_s,
-                     "prior": prior})
+                     "prior": prior, "exact_ll": optimal})
         print(rows[-1], flush=True)
+        on_row(rows[-1])
 
     # MAP: warm timings (a second key reuses the compiled programs on both sides).
     map_options = dict(num_steps=setting["map_steps"], ema_decay=0.995)
@@ -179,7 +184,8 @@ def run_size(num_train: int, quick: bool, prior: str = "fan_in") -> list[dict]:
                          "coverage_90": float("nan"), "fit_s": float("nan"),
                          "baseline_s": float("nan"), "overhead_ratio": float("nan"),
                          "timing": "Hessian not PD: refused", "full_fit_s": float("nan"),
-                         "prior": prior})
+                         "prior": prior, "exact_ll": optimal})
+            on_row(rows[-1])
             continue
         laplace_base = clock_baseline(lambda h=hessian: hw.laplace_fit(
             twin, X_s, y_s, start, jax.random.key(7), SCORE_DRAWS, h))
@@ -196,8 +202,18 @@ def run_size(num_train: int, quick: bool, prior: str = "fan_in") -> list[dict]:
     record(f"nuts ({chains} chains)", nuts, nuts_s, nuts_base, "cold")
     print(f"n={num_train}: divergences {nuts.summary()['num_divergent']}, "
           f"max-depth fraction {nuts.info['fraction_max_tree_depth']:.2f}", flush=True)
-    for row in rows:
-        row["exact_ll"] = optimal
+    if prior == "fan_in" and setting.get("nuts_hierarchical"):
+        # The prior that lets NUTS reach the issue's -1.55 at n = 200 (prior_sensitivity.py):
+        # the same run under a learned scale per weight tensor, from an ensemble fitted under
+        # it. No hand-written twin (the twins have fixed priors only).
+        hierarchical = bm.MDN(num_components=setting["K"], hidden_sizes=setting["hidden"],
+                              prior=prior_of(setting, "hierarchical"))
+        hier_ensemble = hierarchical.fit(X, y, key=jax.random.key(3), method="ensemble",
+                                         **ensemble_options)
+        hier_nuts, hier_s = clock(lambda: hierarchical.fit(
+            X, y, key=jax.random.key(8), method="nuts", init=hier_ensemble, **nuts_options))
+        record(f"nuts ({chains} chains), hierarchical prior", hier_nuts, hier_s, float("nan"),
+               "cold")
     return rows
 
 
@@ -207,24 +223,51 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="tiny budgets, for a smoke run")
     parser.add_argument("--prior", choices=("fan_in", "hierarchical"), default="fan_in")
     args = parser.parse_args()
-    rows = [row for size in args.sizes for row in run_size(size, args.quick, args.prior)]
-    summary = {}
-    for size in args.sizes:
-        by_method = {r["method"]: r["test_ll"] for r in rows if r["n_train"] == size}
-        nuts = next(v for k, v in by_method.items() if k.startswith("nuts"))
-        vi = max(v for k, v in by_method.items() if k.startswith("svi"))
-        summary[str(size)] = {"map": by_method["map"], "nuts": nuts, "best_vi": vi,
-                              "best": max(v for v in by_method.values() if np.isfinite(v)),
-                              "nuts_minus_map": nuts - by_method["map"],
-                              "best_vi_minus_map": vi - by_method["map"],
-                              "worst_minus_map": min(v for v in by_method.values()
-                                                     if np.isfinite(v)) - by_method["map"]}
     name = "inference_seed_quick" if args.quick else "inference_seed"
     if args.prior != "fan_in":
         name += f"_{args.prior}"
-    write_results(name, {"settings": {str(k): v for k, v in SETTINGS.items()},
-                         "prior": args.prior, "summary": summary}, rows)
-    print(summary)
+    rows: list[dict] = []
+
+    def save(row: dict) -> None:
+        """Rewrite the results after every row, so that a stopped run leaves what it made."""
+        rows.append(row)
+        complete = len(rows) == expected_rows(args.sizes, args.prior)
+        write_results(name, {"settings": {str(k): v for k, v in SETTINGS.items()},
+                             "prior": args.prior, "complete": complete,
+                             "summary": summarise(rows)}, rows, quiet=not complete)
+
+    for size in args.sizes:
+        run_size(size, args.quick, args.prior, on_row=save)
+    print(summarise(rows))
+
+
+def expected_rows(sizes: list[int], prior: str) -> int:
+    """Rows of a complete run: 8 methods per size, and the hierarchical NUTS row."""
+    return sum(8 + (prior == "fan_in" and bool(SETTINGS[size].get("nuts_hierarchical")))
+               for size in sizes)
+
+
+def summarise(rows: list[dict]) -> dict[str, dict[str, float]]:
+    """Per size: MAP, NUTS, best VI, best and worst method, and their differences to MAP."""
+    summary = {}
+    for size in sorted({row["n_train"] for row in rows}):
+        by_method = {r["method"]: r["test_ll"] for r in rows if r["n_train"] == size}
+        finite = [v for v in by_method.values() if np.isfinite(v)]
+        entry = {"map": by_method.get("map", float("nan")),
+                 "best": max(finite, default=float("nan")),
+                 "worst": min(finite, default=float("nan"))}
+        nuts = [v for k, v in by_method.items() if k.startswith("nuts")]
+        vi = [v for k, v in by_method.items() if k.startswith("svi")]
+        if nuts:
+            entry["nuts_best_prior"] = max(nuts)
+            entry["nuts_fixed_prior"] = nuts[0]
+        if vi:
+            entry["best_vi"] = max(vi)
+        for key in ("nuts_fixed_prior", "nuts_best_prior", "best_vi", "worst"):
+            if key in entry:
+                entry[f"{key}_minus_map"] = entry[key] - entry["map"]
+        summary[str(size)] = entry
+    return summary
 
 
 if __name__ == "__main__":
