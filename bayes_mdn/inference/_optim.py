@@ -28,9 +28,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from numpyro.handlers import replay, seed
 from numpyro.infer import SVI, Trace_ELBO
+from numpyro.infer.util import compute_log_probs
 from numpyro.optim import optax_to_numpyro
 from numpyro.primitives import Messenger
+from numpyro.util import check_model_guide_match
 
 from bayes_mdn._validation import check_positive_float, check_positive_int
 from bayes_mdn.inference._checkpoint import CheckpointPlan
@@ -150,8 +153,43 @@ class SortedSitesMixin:
         return result
 
 
-class SortedTraceELBO(SortedSitesMixin, Trace_ELBO):
-    """numpyro's Trace_ELBO, with the per-site terms summed in sorted site order."""
+class SortedTraceELBO(Trace_ELBO):
+    """numpyro's Trace_ELBO, with every per-site term computed and summed in sorted order.
+
+    Summing in sorted order (as :class:`SortedSitesMixin` does) fixes the loss's bits, but
+    numpyro still *emits* the per-site subtractions in ``set`` order, so the traced program
+    differs between processes with different string-hash seeds and never hits JAX's
+    persistent compilation cache (``bm.enable_compilation_cache``) from one process to the
+    next. This is Trace_ELBO's estimator for guides of one sample per site (every guide
+    bayes_mdn builds) with the sites visited in sorted order; models with ``mutable`` sites
+    are refused.
+    """
+
+    def loss_with_mutable_state(self, rng_key: jax.Array, param_map: dict[str, jax.Array],
+                                model: Callable[..., Any], guide: Callable[..., Any],
+                                *args: Any, **kwargs: Any) -> dict[str, Any]:
+        def single_particle_elbo(key: jax.Array) -> jax.Array:
+            model_seed, guide_seed = jax.random.split(key)
+            guide_log_probs, guide_trace = compute_log_probs(
+                seed(guide, guide_seed), args, kwargs, param_map)
+            model_log_probs, model_trace = compute_log_probs(
+                replay(seed(model, model_seed), guide_trace), args, kwargs, param_map)
+            if any(site["type"] == "mutable"
+                   for trace_ in (guide_trace, model_trace) for site in trace_.values()):
+                raise NotImplementedError("SortedTraceELBO does not support numpyro.mutable "
+                                          "sites.")
+            check_model_guide_match(model_trace, guide_trace)
+            zero = jnp.zeros(())
+            names = sorted(set(model_log_probs) | set(guide_log_probs))
+            return sum((model_log_probs.get(name, zero) - guide_log_probs.get(name, zero)
+                        for name in names), start=zero)
+
+        if self.num_particles == 1:
+            elbo = single_particle_elbo(rng_key)
+        else:
+            keys = jax.random.split(rng_key, self.num_particles)
+            elbo = jnp.mean(self.vectorize_particles_fn(single_particle_elbo, keys))
+        return {"loss": -elbo, "mutable_state": None}
 
 
 def make_optimizer(learning_rate: float, lr_schedule: Any, schedule_steps: int | None):
