@@ -120,11 +120,17 @@ def apply(
     for layer in layout:
         if not layer.is_head:
             features = act(features @ params[f"{layer.name}.kernel"] + params[f"{layer.name}.bias"])
-    return {
-        layer.name: features @ params[f"{layer.name}.kernel"] + params[f"{layer.name}.bias"]
-        for layer in layout
-        if layer.is_head
-    }
+    heads = [layer for layer in layout if layer.is_head]
+    # All heads in one matmul: several small matmuls (and their transposes in the gradient)
+    # cost about twice as much on the CPU as one wide one (benchmarks/nuts_cost.py).
+    kernel = jnp.concatenate([params[f"{layer.name}.kernel"] for layer in heads], axis=-1)
+    bias = jnp.concatenate([params[f"{layer.name}.bias"] for layer in heads], axis=-1)
+    outputs = features @ kernel + bias
+    raw, start = {}, 0
+    for layer in heads:
+        raw[layer.name] = outputs[..., start:start + layer.fan_out]
+        start += layer.fan_out
+    return raw
 
 
 def init_params(
