@@ -23,13 +23,14 @@ fan-in prior; the hand-written twins have fixed priors only, so its rows carry n
 from __future__ import annotations
 
 import argparse
+import json
 import time
 from collections.abc import Callable
 
 import _handwritten as hw
 import jax
 import numpy as np
-from _common import write_results
+from _common import RESULTS, write_results
 
 import bayes_mdn as bm
 from bayes_mdn.priors import FanInNormal, Hierarchical
@@ -90,8 +91,13 @@ def clock(function):
 
 
 def run_size(num_train: int, quick: bool, prior: str = "fan_in",
-             on_row: Callable[[dict], None] = lambda row: None) -> list[dict]:
-    """Fit every method at one training-set size; `on_row` sees each row as it is made."""
+             on_row: Callable[[dict], None] = lambda row: None,
+             done: frozenset[str] = frozenset()) -> list[dict]:
+    """Fit every method at one training-set size; `on_row` sees each row as it is made.
+
+    Methods named in `done` (rows of an earlier, stopped run) are neither timed nor scored;
+    MAP and the ensemble are still fitted when later methods start from them.
+    """
     setting = dict(SETTINGS[num_train])
     nuts_options = dict(setting["nuts"])
     if quick:
@@ -131,23 +137,25 @@ def run_size(num_train: int, quick: bool, prior: str = "fan_in",
     _, map_s = clock(lambda: model.fit(X, y, key=jax.random.key(2), **map_options
                                        ).flat_draws())
     start = {name: value[0, 0] for name, value in map_fit.draws.items()}
-    base_map = hw.make_map(twin, X_s, y_s, setting["map_steps"])
-    if with_twin:
-        base_map(start)
-    map_base = clock_baseline(lambda: base_map(start))
-    record("map", map_fit, map_s, map_base, "warm")
+    if "map" not in done:
+        base_map = hw.make_map(twin, X_s, y_s, setting["map_steps"])
+        if with_twin:
+            base_map(start)
+        map_base = clock_baseline(lambda: base_map(start))
+        record("map", map_fit, map_s, map_base, "warm")
 
     ensemble_options = dict(num_members=setting["members"], num_steps=setting["map_steps"],
                             ema_decay=0.995)
     ensemble = model.fit(X, y, key=jax.random.key(3), method="ensemble", **ensemble_options)
-    _, ensemble_s = clock(lambda: model.fit(X, y, key=jax.random.key(4), method="ensemble",
-                                            **ensemble_options).flat_draws())
     starts = {name: value[0] for name, value in ensemble.draws.items()}
-    base_ensemble = hw.make_ensemble(twin, X_s, y_s, setting["map_steps"])
-    if with_twin:
-        base_ensemble(starts)
-    ensemble_base = clock_baseline(lambda: base_ensemble(starts))
-    record(f"ensemble ({setting['members']})", ensemble, ensemble_s, ensemble_base, "warm")
+    if f"ensemble ({setting['members']})" not in done:
+        _, ensemble_s = clock(lambda: model.fit(X, y, key=jax.random.key(4), method="ensemble",
+                                                **ensemble_options).flat_draws())
+        base_ensemble = hw.make_ensemble(twin, X_s, y_s, setting["map_steps"])
+        if with_twin:
+            base_ensemble(starts)
+        ensemble_base = clock_baseline(lambda: base_ensemble(starts))
+        record(f"ensemble ({setting['members']})", ensemble, ensemble_s, ensemble_base, "warm")
 
     # SVI: one fit with the full budget for the scores; the overhead ratio from warm runs of
     # TIMING_STEPS steps on both sides (the per-step cost is what the ratio is about, and
@@ -155,6 +163,8 @@ def run_size(num_train: int, quick: bool, prior: str = "fan_in",
     svi = setting["svi"]
     timing_svi = {**svi, "num_steps": min(svi["num_steps"], TIMING_STEPS)}
     for guide in ("normal", "lowrank", "flow"):
+        if f"svi-{guide}" in done:
+            continue
         common = dict(method="svi", guide=guide, init=map_fit, num_draws=SCORE_DRAWS)
         fitted, full_s = clock(lambda c=common: model.fit(X, y, key=jax.random.key(5), **c,
                                                           **svi))
@@ -173,6 +183,8 @@ def run_size(num_train: int, quick: bool, prior: str = "fan_in",
                f"warm, {timing_svi['num_steps']} steps", full_fit_s=full_s)
 
     for hessian in ("exact", "fisher"):
+        if f"laplace-{hessian}" in done:
+            continue
         try:
             laplace, laplace_s = clock(lambda h=hessian: model.fit(
                 X, y, key=jax.random.key(7), method="laplace", init=map_fit, hessian=h,
@@ -195,6 +207,8 @@ def run_size(num_train: int, quick: bool, prior: str = "fan_in",
     # The same starting members as bayes_mdn picks: chain c starts at member c * E // C.
     member = (np.arange(chains) * setting["members"]) // chains
     nuts_starts = {name: value[member] for name, value in starts.items()}
+    if f"nuts ({chains} chains)" in done:
+        return rows
     nuts, nuts_s = clock(lambda: model.fit(X, y, key=jax.random.key(8), method="nuts",
                                            init=ensemble, **nuts_options))
     nuts_base = clock_baseline(lambda: hw.nuts_fit(twin, X_s, y_s, nuts_starts, jax.random.key(8),
@@ -222,22 +236,31 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[200, 4000])
     parser.add_argument("--quick", action="store_true", help="tiny budgets, for a smoke run")
     parser.add_argument("--prior", choices=("fan_in", "hierarchical"), default="fan_in")
+    parser.add_argument("--resume", action="store_true",
+                        help="keep the rows of an earlier run's results file and fit only the "
+                             "methods it lacks (for a run that was stopped)")
     args = parser.parse_args()
     name = "inference_seed_quick" if args.quick else "inference_seed"
     if args.prior != "fan_in":
         name += f"_{args.prior}"
     rows: list[dict] = []
+    earlier = RESULTS / f"{name}.json"
+    if args.resume and earlier.exists():
+        rows = json.loads(earlier.read_text())["rows"]
 
     def save(row: dict) -> None:
         """Rewrite the results after every row, so that a stopped run leaves what it made."""
         rows.append(row)
-        complete = len(rows) == expected_rows(args.sizes, args.prior)
+        rows.sort(key=lambda row: row["n_train"])  # stable: a resumed size's rows stay together
+        sizes = sorted({*args.sizes, *(row["n_train"] for row in rows)})
+        complete = len(rows) == expected_rows(sizes, args.prior)
         write_results(name, {"settings": {str(k): v for k, v in SETTINGS.items()},
                              "prior": args.prior, "complete": complete,
                              "summary": summarise(rows)}, rows, quiet=not complete)
 
     for size in args.sizes:
-        run_size(size, args.quick, args.prior, on_row=save)
+        done = frozenset(row["method"] for row in rows if row["n_train"] == size)
+        run_size(size, args.quick, args.prior, on_row=save, done=done)
     print(summarise(rows))
 
 
