@@ -85,6 +85,21 @@ def test_svi_minibatch_and_schedule(data, model):
     assert np.isfinite(posterior.history["loss"]).all()
 
 
+def test_svi_on_many_rows_skips_the_pareto_k(data, model, monkeypatch):
+    """Above MAX_PARETO_ROWS the Pareto k (NUM_PARETO_DRAWS passes over the data) is skipped;
+    the fit, its curves (on a fixed subset of MAX_TRAIN_EVAL_ROWS rows) and the report work."""
+    from bayes_mdn.inference import svi
+
+    X, y, _, _ = data
+    monkeypatch.setattr(svi, "MAX_PARETO_ROWS", len(X) - 1)
+    monkeypatch.setattr(svi, "MAX_TRAIN_EVAL_ROWS", len(X) // 2)
+    posterior = model.fit(X, y, key=jax.random.key(3), method="svi", subsample_size=32,
+                          num_steps=20, num_draws=8, num_evaluations=2)
+    assert posterior.info["pareto_k"] is None and posterior.info["pareto_k_draws"] == 0
+    assert np.isfinite(posterior.history["train_log_likelihood"]).all()
+    assert posterior.summary()["pareto_k"] is None
+
+
 def test_laplace_around_map_and_a_bad_hessian(data, model, map_fit):
     X, y, X_test, y_test = data
     posterior = model.fit(X, y, key=jax.random.key(4), method="laplace", init=map_fit,
