@@ -91,10 +91,12 @@ def test_log_likelihood_is_each_draws_density_in_original_units(data, ensemble_k
                                 for name, value in ensemble_k3.draws.items()})
         expected = single.predictive(X).log_prob(y)
         np.testing.assert_allclose(idata.log_likelihood["y"][0, draw], expected, atol=2e-4)
-    # Chunked over rows and draws (a tiny memory budget) gives the same values.
+    # Chunked over rows and draws (a tiny memory budget) gives the same values, up to
+    # float32 round-off: XLA's matmuls over 1 row and over 300 rows may sum in another order
+    # (differences of 1.7e-5 nats seen).
     chunked = ensemble_k3.to_arviz(X[:50], y[:50], max_elements=40)
     np.testing.assert_allclose(chunked.log_likelihood["y"],
-                               idata.log_likelihood["y"][:, :, :50], atol=1e-5)
+                               idata.log_likelihood["y"][:, :, :50], atol=1e-4)
 
 
 def test_posterior_predictive_is_reproducible_and_matches_the_data(data, ensemble_k3, idata):
