@@ -193,7 +193,7 @@ def _count_compilations(counter: list[int]) -> None:
 def _constant_log_weights(params: Any, key: Any, X: Any, y: Any, y_scale: Any) -> np.ndarray:
     """Stand-in for SVI's closing importance log-weights (the Pareto k of the guide): equal
     weights, so ``info["pareto_k"]`` is 0.0. The real computation is timed on its own."""
-    from bayes_mdn.inference.svi import NUM_PARETO_DRAWS
+    from bayes_mdn.inference._data import NUM_PARETO_DRAWS
 
     return np.zeros(NUM_PARETO_DRAWS, np.float32)
 

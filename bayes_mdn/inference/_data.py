@@ -251,6 +251,21 @@ def _starter(model: MDN, num_features: int, num_outputs: int, dtype: np.dtype, b
     return jax.jit(jax.vmap(start, in_axes=(0, None)) if batched else start)
 
 
+#: Posterior draws whose importance weights give the Pareto k of an SVI or Laplace fit
+#: (``info["pareto_k"]``).
+NUM_PARETO_DRAWS = 200
+#: Bound on the (row, unit) terms of the draws evaluated at once for the Pareto k.
+PARETO_BATCH_ELEMENTS = 2**22
+
+
+def pareto_batch_size(model: MDN, data_shape: tuple[int, int, int]) -> int:
+    """Draws evaluated at once (``lax.map`` batch) for the Pareto k over all N rows: as many
+    as keep about PARETO_BATCH_ELEMENTS (row, widest layer) terms alive, at least one."""
+    num_rows, _, num_outputs = data_shape
+    per_draw = num_rows * max(model.num_components * num_outputs, *model.hidden_sizes, 1)
+    return max(1, min(NUM_PARETO_DRAWS, PARETO_BATCH_ELEMENTS // per_draw))
+
+
 def point_log_prob(model: MDN, params, X_std, y_std, y_scale) -> jax.Array:
     """Per-row log-likelihood (N,) of one parameter value, in standardised units."""
     log_weights, component_params = model.mixture(params, X_std, y_scale)

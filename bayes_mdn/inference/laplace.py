@@ -25,7 +25,14 @@ from numpyro.infer.util import constrain_fn, potential_energy, unconstrain_fn
 
 from bayes_mdn._validation import check_choice, check_positive_int
 from bayes_mdn.diagnostics import pareto_k
-from bayes_mdn.inference._data import FitData, draws_from_init, final_scores, point_log_prob
+from bayes_mdn.inference._data import (
+    NUM_PARETO_DRAWS,
+    FitData,
+    draws_from_init,
+    final_scores,
+    pareto_batch_size,
+    point_log_prob,
+)
 from bayes_mdn.inference._optim import OptimOptions
 from bayes_mdn.model import MDN
 from bayes_mdn.posterior import Posterior
@@ -40,8 +47,6 @@ HESSIANS = ("exact", "fisher", "empirical_fisher")
 #: Replicate data sets y ~ p(y | x, MAP) averaged for the Fisher information.
 NUM_FISHER_REPLICATES = 8
 PREDICTIVES = ("linearised", "sampled")
-#: Draws for the Pareto k of the approximation, ``info["pareto_k"]``.
-NUM_PARETO_DRAWS = 200
 
 
 @dataclass(frozen=True)
@@ -119,8 +124,7 @@ def _laplace_kernel(model: MDN, data_shape: tuple[int, int, int], num_draws: int
         return {name: flat[start:stop].reshape(shape) for (name, shape), start, stop
                 in zip(shapes.items(), offsets[:-1], offsets[1:], strict=True)}
 
-    per_draw = data_shape[0] * max(model.num_components * num_outputs, *model.hidden_sizes, 1)
-    pareto_batch = max(1, min(NUM_PARETO_DRAWS, 2**22 // per_draw))
+    pareto_batch = pareto_batch_size(model, data_shape)
 
     @jax.jit
     def kernel(values, key, X, y, y_scale):

@@ -52,9 +52,11 @@ from bayes_mdn._validation import check_choice, check_positive_float, check_posi
 from bayes_mdn.diagnostics import pareto_k
 from bayes_mdn.inference._checkpoint import checkpoint_plan
 from bayes_mdn.inference._data import (
+    NUM_PARETO_DRAWS,
     FitData,
     draws_from_init,
     initial_params,
+    pareto_batch_size,
     predictive_log_likelihood,
 )
 from bayes_mdn.inference._optim import (
@@ -77,8 +79,6 @@ PREFIX = "auto"
 GUIDES = ("normal", "lowrank", "mvn", "flow")
 #: Training rows used for the training-set curve of minibatch SVI (a fixed random subset).
 MAX_TRAIN_EVAL_ROWS = 8192
-#: Guide draws for the Pareto k of the fitted guide, ``info["pareto_k"]``.
-NUM_PARETO_DRAWS = 200
 #: Above this many training rows the Pareto k is not computed (``info["pareto_k"]`` is None):
 #: it costs NUM_PARETO_DRAWS passes over the data (81 s at 1e6 rows, 15x a 1000-step
 #: minibatch fit, in benchmarks/scale.py), and the variance of the log importance weights
@@ -263,9 +263,7 @@ def _svi_kernels(model: MDN, data_shape: tuple[int, int, int], optimizer_key: tu
     def sample(params, key, X, y_scale):
         return guide_draws(params, key, X, y_scale, num_draws)
 
-    num_rows = data_shape[0]
-    per_draw = num_rows * max(model.num_components * num_outputs, *model.hidden_sizes, 1)
-    pareto_batch = max(1, min(NUM_PARETO_DRAWS, 2**22 // per_draw))
+    pareto_batch = pareto_batch_size(model, data_shape)
 
     @jax.jit
     def importance_log_weights(params, key, X, y, y_scale):
