@@ -109,7 +109,9 @@ def test_function_space_rhat_sees_through_permuted_units_where_raw_rhat_fails(en
     # The same functions, to float rounding ...
     before, after = function_space_draws(converged), function_space_draws(permuted)
     np.testing.assert_allclose(after["log_density"], before["log_density"], atol=1e-3)
-    np.testing.assert_allclose(after["quantiles"], before["quantiles"], atol=1e-3)
+    # Quantiles by float32 bisection: where the density is low a rounding change in the CDF
+    # moves a quantile by more than 1e-3 (one of 192 000 by 1.04e-3 seen).
+    np.testing.assert_allclose(after["quantiles"], before["quantiles"], atol=1e-3, rtol=1e-3)
     # ... so function-space R-hat stays ~1, while raw-weight R-hat is huge.
     report = diagnose(permuted, warn=False)
     assert report.max_rhat <= 1.01, report.convergence
