@@ -21,6 +21,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from numpyro.handlers import block
 from numpyro.infer.util import constrain_fn, potential_energy, unconstrain_fn
 
 from bayes_mdn._validation import check_choice, check_positive_int
@@ -141,9 +142,12 @@ def _laplace_kernel(model: MDN, data_shape: tuple[int, int, int], num_draws: int
         def constrain(flat):
             return constrain_fn(model.numpyro_model, args, kwargs, unravel(flat))
 
-        def prior_potential(flat):  # prior and log-Jacobian: the potential minus the likelihood
-            return potential(flat) + jnp.sum(point_log_prob(model, constrain(flat), X, y,
-                                                            y_scale))
+        # The prior and log-Jacobian alone: the model with its likelihood site hidden (the
+        # network it would feed is then dead code, which keeps the compiled program small).
+        prior_model = block(model.numpyro_model, hide=["y"])
+
+        def prior_potential(flat):
+            return potential_energy(prior_model, args, kwargs, unravel(flat))
 
         gradient = jax.grad(potential)
         curved = potential if hessian == "exact" else prior_potential
