@@ -39,6 +39,7 @@ from bayes_mdn._validation import check_positive_float, check_positive_int
 from bayes_mdn.inference._checkpoint import CheckpointPlan
 from bayes_mdn.inference._checkpoint import check_options as check_checkpoint_options
 from bayes_mdn.inference._data import FitData, check_shard_data, shard_devices, shard_rows
+from bayes_mdn.inference._minibatch import minibatch_indices, minibatched
 
 __all__ = ["OptimOptions", "OptimProgram", "SortedTraceELBO", "build_program", "make_optimizer",
            "row_masked", "run_blocks"]
@@ -230,8 +231,13 @@ class OptimProgram:
     run_block_members: Callable[..., Any]
 
 
-def build_program(svi: SVI, evaluate: Evaluate) -> OptimProgram:
-    """Compile-once kernels for `svi`; `evaluate` scores the block's estimate."""
+def build_program(svi: SVI, evaluate: Evaluate, subsample_size: int | None = None
+                  ) -> OptimProgram:
+    """Compile-once kernels for `svi`; `evaluate` scores the block's estimate.
+
+    With `subsample_size`, the model must be :func:`partial_model`'s with that size: each
+    step draws its batch of rows itself (see :mod:`bayes_mdn.inference._minibatch`).
+    """
 
     @jax.jit
     def init_state(key, X, y, y_scale, init_params):
@@ -249,7 +255,13 @@ def build_program(svi: SVI, evaluate: Evaluate) -> OptimProgram:
 
         def step(carry, index):
             state, average = carry
-            new_state, loss = svi.update(state, X, y, y_scale=y_scale, **masking)
+            batch = {}
+            if subsample_size is not None:
+                key, batch_key = jax.random.split(state.rng_key)
+                state = state._replace(rng_key=key)
+                batch["batch_indices"] = minibatch_indices(batch_key, X.shape[0],
+                                                           subsample_size)
+            new_state, loss = svi.update(state, X, y, y_scale=y_scale, **masking, **batch)
             active = first_step + index < num_steps
             state = jax.tree.map(lambda new, old: jnp.where(active, new, old), new_state, state)
             raw = svi.optim.get_params(state.optim_state)
@@ -486,7 +498,8 @@ def row_masked(model_fn: Callable[..., None]) -> Callable[..., None]:
 
 def partial_model(model_fn: Callable[..., None], subsample_size: int | None):
     """The model with a fixed minibatch size (None: full batch), accepting a ``row_mask``
-    (see :func:`row_masked`)."""
+    (see :func:`row_masked`) and, with a minibatch size, the ``batch_indices`` of each step
+    (see :func:`~bayes_mdn.inference._minibatch.minibatched`)."""
     if subsample_size is not None:
-        model_fn = partial(model_fn, subsample_size=subsample_size)
+        model_fn = minibatched(partial(model_fn, subsample_size=subsample_size), DATA_PLATE)
     return row_masked(model_fn)

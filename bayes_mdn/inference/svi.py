@@ -277,7 +277,7 @@ def _svi_kernels(model: MDN, data_shape: tuple[int, int, int], optimizer_key: tu
 
         return jax.lax.map(one, jax.random.split(key, NUM_PARETO_DRAWS), batch_size=pareto_batch)
 
-    return _SviKernels(build_program(svi, evaluate), names, guide, sample,
+    return _SviKernels(build_program(svi, evaluate, subsample_size), names, guide, sample,
                        importance_log_weights)
 
 
