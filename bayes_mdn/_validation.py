@@ -80,8 +80,9 @@ def _check_finite(array: np.ndarray, name: str) -> None:
 
 
 def _finish_2d(array: np.ndarray, name: str, columns: tuple[str, str], expected: int | None,
-               context: str) -> np.ndarray:
-    """Shared tail of as_features/as_targets: non-empty, right width, float64, finite.
+               context: str, keep_float32: bool = False) -> np.ndarray:
+    """Shared tail of as_features/as_targets: non-empty, right width, float64 (or float32
+    with `keep_float32`), finite.
 
     `columns` names the columns when there are none and when their count is wrong.
     """
@@ -95,12 +96,14 @@ def _finish_2d(array: np.ndarray, name: str, columns: tuple[str, str], expected:
             f"`{name}` has {array.shape[1]} {columns[1]} but {context} {expected}; pass an array "
             f"of shape (M, {expected})."
         )
-    array = array.astype(np.float64, copy=False)
+    if not (keep_float32 and array.dtype == np.float32):
+        array = array.astype(np.float64, copy=False)
     _check_finite(array, name)
     return array
 
 
-def as_features(X: Any, name: str = "X", *, num_features: int | None = None) -> np.ndarray:
+def as_features(X: Any, name: str = "X", *, num_features: int | None = None,
+                keep_float32: bool = False) -> np.ndarray:
     """Validate inputs `X` and return them as a 2-D float64 NumPy array.
 
     Parameters
@@ -111,10 +114,14 @@ def as_features(X: Any, name: str = "X", *, num_features: int | None = None) -> 
         The argument name used in error messages.
     num_features : int, optional
         Required number of columns P (e.g. the number seen at fit time).
+    keep_float32 : bool
+        Return float32 input as it is (no float64 copy: 8 bytes a value for 10^7 rows is
+        the largest allocation of a fit); for callers that only standardise it
+        (:class:`~bayes_mdn.scaling.Standardizer` computes in float64 block by block).
 
     Returns
     -------
-    numpy.ndarray, shape (N, P), float64
+    numpy.ndarray, shape (N, P), float64 (or float32, see `keep_float32`)
         Kept in float64 so that standardisation loses no precision; the cast to the
         compute dtype happens after standardisation.
     """
@@ -125,10 +132,11 @@ def as_features(X: Any, name: str = "X", *, num_features: int | None = None) -> 
             f"`{name}` must be a 2-D array of shape (N, P); got shape {array.shape}.{hint}"
         )
     return _finish_2d(array, name, ("columns", "features"), num_features,
-                      "the model was fitted with")
+                      "the model was fitted with", keep_float32)
 
 
-def as_targets(y: Any, name: str = "y", *, num_outputs: int | None = None) -> np.ndarray:
+def as_targets(y: Any, name: str = "y", *, num_outputs: int | None = None,
+               keep_float32: bool = False) -> np.ndarray:
     """Validate targets `y` and return them as a 2-D float64 NumPy array.
 
     Parameters
@@ -139,10 +147,12 @@ def as_targets(y: Any, name: str = "y", *, num_outputs: int | None = None) -> np
         The argument name used in error messages.
     num_outputs : int, optional
         Required number of outputs D.
+    keep_float32 : bool
+        Return float32 input as it is; see :func:`as_features`.
 
     Returns
     -------
-    numpy.ndarray, shape (N, D), float64
+    numpy.ndarray, shape (N, D), float64 (or float32, see `keep_float32`)
     """
     array = _as_numeric_array(y, name)
     if array.ndim == 1:
@@ -153,7 +163,7 @@ def as_targets(y: Any, name: str = "y", *, num_outputs: int | None = None) -> np
             f"Reshape it with {name}.reshape(len({name}), -1)."
         )
     return _finish_2d(array, name, ("output columns", "output columns"), num_outputs,
-                      "the model has")
+                      "the model has", keep_float32)
 
 
 def column_names(value: Any) -> list[str] | None:

@@ -211,7 +211,7 @@ class Posterior:
         PredictiveMixture
             Batch shape (M,), event shape (D,).
         """
-        X_checked = as_features(X, "X", num_features=self.num_features)
+        X_checked = as_features(X, "X", num_features=self.num_features, keep_float32=True)
         check_column_names(X, self.info.get("feature_names"), "X")
         max_elements = check_positive_int(max_elements, "max_elements")
         draws = self.prediction_draws()

@@ -24,22 +24,46 @@ def to_compute(array: Any) -> jax.Array:
     return jnp.asarray(np.asarray(array, dtype=np.float64), dtype=float_dtype())
 
 
+#: Rows per block of the float64 arithmetic: the temporaries stay a few MB at any N.
+BLOCK_ROWS = 65_536
+
+
+def _blocks(num_rows: int) -> range:
+    return range(0, num_rows, BLOCK_ROWS)
+
+
 def _shift(values: np.ndarray) -> np.ndarray:
-    """Column means; a constant column's own value (its float mean can be off by an ulp)."""
+    """Column means in float64; a constant column's own value (its float mean can be off by
+    an ulp)."""
     constant = values.max(axis=0) == values.min(axis=0)
-    return np.where(constant, values[0], values.mean(axis=0))
+    mean = values.mean(axis=0, dtype=np.float64)  # accumulates in float64, no copy of values
+    return np.where(constant, values[0], mean)
 
 
-def _safe_scale(values: np.ndarray) -> np.ndarray:
-    """Column standard deviations, 1 for constant columns (left unscaled, not divided by 0).
+def _safe_scale(values: np.ndarray, mean: np.ndarray) -> np.ndarray:
+    """Column standard deviations (about `mean`, in float64, block by block), 1 for constant
+    columns (left unscaled, not divided by 0).
 
     "Constant" is decided exactly (max == min): the computed std of a constant column is
     rounding noise (e.g. 8.9e-16 for 200 copies of 4.2), and dividing by it would blow that
     noise up to unit scale.
     """
-    std = values.std(axis=0)
+    squares = np.zeros(values.shape[1])
+    for start in _blocks(values.shape[0]):
+        centred = values[start:start + BLOCK_ROWS] - mean  # float64: mean is
+        squares += np.einsum("ij,ij->j", centred, centred)
+    std = np.sqrt(squares / values.shape[0])
     constant = values.max(axis=0) == values.min(axis=0)
     return np.where(constant | ~(std > 0), 1.0, std)
+
+
+def _standardise(values: np.ndarray, shift: np.ndarray, scale: np.ndarray) -> jax.Array:
+    """``(values - shift) / scale`` in float64 block by block, stored in the compute dtype:
+    no float64 copy of the whole array."""
+    out = np.empty(values.shape, dtype=np.dtype(float_dtype()))
+    for start in _blocks(values.shape[0]):
+        out[start:start + BLOCK_ROWS] = (values[start:start + BLOCK_ROWS] - shift) / scale
+    return jnp.asarray(out)
 
 
 @dataclass(frozen=True, eq=False)
@@ -60,12 +84,13 @@ class Standardizer:
 
     @classmethod
     def fit(cls, X: np.ndarray, y: np.ndarray, *, standardize_y: bool = True) -> Standardizer:
-        """Estimate shifts and scales from float64 training data X (N, P) and y (N, D)."""
+        """Estimate shifts and scales from training data X (N, P) and y (N, D), float64 or
+        float32 (the arithmetic is float64 either way)."""
         x_shift = _shift(X)
-        x_scale = _safe_scale(X)
+        x_scale = _safe_scale(X, x_shift)
         if standardize_y:
             y_shift = _shift(y)
-            y_scale = _safe_scale(y)
+            y_scale = _safe_scale(y, y_shift)
         else:
             y_shift = np.zeros(y.shape[1])
             y_scale = np.ones(y.shape[1])
@@ -73,11 +98,11 @@ class Standardizer:
 
     def transform_X(self, X: np.ndarray) -> jax.Array:
         """Standardised inputs in the compute dtype, shape (N, P)."""
-        return to_compute((X - self.x_shift) / self.x_scale)
+        return _standardise(X, self.x_shift, self.x_scale)
 
     def transform_y(self, y: np.ndarray) -> jax.Array:
         """Standardised targets in the compute dtype, shape (N, D)."""
-        return to_compute((y - self.y_shift) / self.y_scale)
+        return _standardise(y, self.y_shift, self.y_scale)
 
     @property
     def log_jacobian(self) -> float:

@@ -83,8 +83,8 @@ def prepare_data(model: MDN, X: Any, y: Any, X_test: Any = None, y_test: Any = N
     ValueError, TypeError
         For anything :mod:`bayes_mdn._validation` rejects, or a y outside the family's support.
     """
-    X_host = as_features(X, "X")
-    y_host = as_targets(y, "y")
+    X_host = as_features(X, "X", keep_float32=True)
+    y_host = as_targets(y, "y", keep_float32=True)
     check_same_rows(X_host, y_host)
     check_min_rows(X_host)
     # Support (and output count) first: the sites' shapes depend on D being valid.
@@ -97,8 +97,10 @@ def prepare_data(model: MDN, X: Any, y: Any, X_test: Any = None, y_test: Any = N
         raise ValueError("Pass both `X_test` and `y_test` to record held-out log-likelihood.")
     X_test_std = y_test_std = None
     if X_test is not None:
-        X_test_host = as_features(X_test, "X_test", num_features=X_host.shape[1])
-        y_test_host = as_targets(y_test, "y_test", num_outputs=y_host.shape[1])
+        X_test_host = as_features(X_test, "X_test", num_features=X_host.shape[1],
+                                  keep_float32=True)
+        y_test_host = as_targets(y_test, "y_test", num_outputs=y_host.shape[1],
+                                 keep_float32=True)
         check_same_rows(X_test_host, y_test_host, "X_test", "y_test")
         model.family.check_support(y_test_host, "y_test")
         X_test_std = standardizer.transform_X(X_test_host)
