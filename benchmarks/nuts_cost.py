@@ -284,8 +284,9 @@ def fused_potential(model, params_like: Mapping[str, Any], X_std, y_std,
         Standardised data.
     layout : {"columns", "rows", "columns_net"}
         ``"columns"``: every activation and the mixture as (width, N), data along the
-        minor axis; ``"rows"``: (N, width), as the library computes; ``"columns_net"``:
-        the network as (width, N), transposed back for numpyro's ``MixtureSameFamily``.
+        minor axis; ``"rows"``: (N, width), as the library computed before session 6;
+        ``"columns_net"``: the network as (width, N), transposed back for numpyro's
+        ``MixtureSameFamily`` (what ``bayes_mdn.network.apply`` now does).
     heads : {"fused", "separate"}
         One matmul for the logits, loc and scale heads, or one each.
 
