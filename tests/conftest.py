@@ -2,12 +2,22 @@
 
 from __future__ import annotations
 
+import jax
 import numpy as np
 import pytest
 
 import bayes_mdn as bm
 from bayes_mdn.families import inverse_softplus
 from bayes_mdn.scaling import Standardizer
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _release_compiled_programs():
+    """Drop JAX's compiled programs after each test module. The full suite otherwise keeps
+    thousands of executables alive in one process, and XLA's CPU compiler segfaulted in
+    test_svi_start after about 500 tests (only in the full run, never in a subset)."""
+    yield
+    jax.clear_caches()
 
 
 def exact_posterior(logits, locs, scales, *, num_features: int = 1,
