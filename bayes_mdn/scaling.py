@@ -32,15 +32,20 @@ def _blocks(num_rows: int) -> range:
     return range(0, num_rows, BLOCK_ROWS)
 
 
-def _shift(values: np.ndarray) -> np.ndarray:
+def _constant_columns(values: np.ndarray) -> np.ndarray:
+    """Columns whose values are all equal, decided exactly (max == min), shape (P,)."""
+    return values.max(axis=0) == values.min(axis=0)
+
+
+def _shift(values: np.ndarray, constant: np.ndarray) -> np.ndarray:
     """Column means in float64; a constant column's own value (its float mean can be off by
     an ulp)."""
-    constant = values.max(axis=0) == values.min(axis=0)
     mean = values.mean(axis=0, dtype=np.float64)  # accumulates in float64, no copy of values
     return np.where(constant, values[0], mean)
 
 
-def _safe_scale(values: np.ndarray, mean: np.ndarray) -> np.ndarray:
+def _safe_scale(values: np.ndarray, mean: np.ndarray, constant: np.ndarray
+                ) -> np.ndarray:
     """Column standard deviations (about `mean`, in float64, block by block), 1 for constant
     columns (left unscaled, not divided by 0).
 
@@ -53,7 +58,6 @@ def _safe_scale(values: np.ndarray, mean: np.ndarray) -> np.ndarray:
         centred = values[start:start + BLOCK_ROWS] - mean  # float64: mean is
         squares += np.einsum("ij,ij->j", centred, centred)
     std = np.sqrt(squares / values.shape[0])
-    constant = values.max(axis=0) == values.min(axis=0)
     return np.where(constant | ~(std > 0), 1.0, std)
 
 
@@ -86,11 +90,14 @@ class Standardizer:
     def fit(cls, X: np.ndarray, y: np.ndarray, *, standardize_y: bool = True) -> Standardizer:
         """Estimate shifts and scales from training data X (N, P) and y (N, D), float64 or
         float32 (the arithmetic is float64 either way)."""
-        x_shift = _shift(X)
-        x_scale = _safe_scale(X, x_shift)
+        # One pass for max/min per array, shared by the shift and the scale.
+        x_constant = _constant_columns(X)
+        x_shift = _shift(X, x_constant)
+        x_scale = _safe_scale(X, x_shift, x_constant)
         if standardize_y:
-            y_shift = _shift(y)
-            y_scale = _safe_scale(y, y_shift)
+            y_constant = _constant_columns(y)
+            y_shift = _shift(y, y_constant)
+            y_scale = _safe_scale(y, y_shift, y_constant)
         else:
             y_shift = np.zeros(y.shape[1])
             y_scale = np.ones(y.shape[1])
