@@ -67,6 +67,8 @@ __all__ = [
 
 #: Size of the reference set of inputs.
 REFERENCE_POINTS = 32
+#: Rows considered by :func:`reference_indices` (evenly strided above this many).
+MAX_REFERENCE_CANDIDATES = 65_536
 #: Levels of the per-draw quantiles.
 QUANTILE_LEVELS = (0.1, 0.5, 0.9)
 #: R-hat above this means the chains have not mixed (Vehtari et al., 2021).
@@ -102,7 +104,9 @@ class ConvergenceWarning(UserWarning):
 def reference_indices(X: Any, num_points: int = REFERENCE_POINTS) -> np.ndarray:
     """Rows of `X` evenly spread along its first principal direction.
 
-    Deterministic: the same X gives the same rows.
+    Deterministic: the same X gives the same rows. Above ``MAX_REFERENCE_CANDIDATES`` rows
+    the choice is among every ``ceil(N / MAX_REFERENCE_CANDIDATES)``-th row (an even spread
+    of 32 points needs no more), so the cost and the temporaries stay bounded at any N.
 
     Parameters
     ----------
@@ -115,10 +119,13 @@ def reference_indices(X: Any, num_points: int = REFERENCE_POINTS) -> np.ndarray:
     numpy.ndarray of int, shape (min(M, N),)
         Row indices, ordered along the principal direction.
     """
-    X = np.asarray(X, np.float64)
     num_points = check_positive_int(num_points, "num_points")
+    X = np.asarray(X)  # a view of a CPU JAX array; float64 only for the candidates below
     num_rows = X.shape[0]
-    sample = X[:: max(1, num_rows // 4096)]
+    stride = -(-num_rows // MAX_REFERENCE_CANDIDATES)  # ceil
+    candidates = np.arange(0, num_rows, stride)
+    values = np.asarray(X[candidates], np.float64)
+    sample = values[:: max(1, values.shape[0] // 4096)]
     centre = sample.mean(axis=0)
     spread = sample.std(axis=0)
     spread = np.where(spread > 0, spread, 1.0)
@@ -128,10 +135,10 @@ def reference_indices(X: Any, num_points: int = REFERENCE_POINTS) -> np.ndarray:
         z = (sample - centre) / spread
         direction = np.linalg.eigh(z.T @ z)[1][:, -1]
         direction = direction * np.sign(direction[np.argmax(np.abs(direction))])
-    order = np.argsort(((X - centre) / spread) @ direction, kind="stable")
-    if num_rows <= num_points:
+    order = candidates[np.argsort(((values - centre) / spread) @ direction, kind="stable")]
+    if order.size <= num_points:
         return order
-    return order[np.linspace(0, num_rows - 1, num_points).round().astype(int)]
+    return order[np.linspace(0, order.size - 1, num_points).round().astype(int)]
 
 
 def _reference_data(posterior: Posterior, X: Any, y: Any, num_points: int

@@ -26,6 +26,8 @@ def to_compute(array: Any) -> jax.Array:
 
 #: Rows per block of the float64 arithmetic: the temporaries stay a few MB at any N.
 BLOCK_ROWS = 65_536
+#: Byte alignment at which JAX's CPU client adopts a NumPy buffer without copying it.
+DEVICE_ALIGNMENT = 64
 
 
 def _blocks(num_rows: int) -> range:
@@ -61,13 +63,24 @@ def _safe_scale(values: np.ndarray, mean: np.ndarray, constant: np.ndarray
     return np.where(constant | ~(std > 0), 1.0, std)
 
 
+def _aligned_empty(shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+    """An uninitialised C-contiguous array whose data start at a DEVICE_ALIGNMENT boundary."""
+    size = int(np.prod(shape)) * dtype.itemsize
+    raw = np.empty(size + DEVICE_ALIGNMENT, dtype=np.uint8)
+    offset = -raw.ctypes.data % DEVICE_ALIGNMENT
+    return raw[offset:offset + size].view(dtype).reshape(shape)
+
+
 def _standardise(values: np.ndarray, shift: np.ndarray, scale: np.ndarray) -> jax.Array:
     """``(values - shift) / scale`` in float64 block by block, stored in the compute dtype:
-    no float64 copy of the whole array."""
-    out = np.empty(values.shape, dtype=np.dtype(float_dtype()))
+    no float64 copy of the whole array, and no second copy on the way to the device (on the
+    CPU, ``device_put`` adopts an aligned buffer; ``jnp.asarray`` would copy it once or,
+    unaligned, twice: 2 x 40 MB transient at 10^7 rows)."""
+    out = _aligned_empty(values.shape, np.dtype(float_dtype()))
     for start in _blocks(values.shape[0]):
         out[start:start + BLOCK_ROWS] = (values[start:start + BLOCK_ROWS] - shift) / scale
-    return jnp.asarray(out)
+    # `out` is private to this function, so the device array may alias it.
+    return jax.device_put(out)
 
 
 @dataclass(frozen=True, eq=False)

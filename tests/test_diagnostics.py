@@ -284,6 +284,24 @@ def test_reference_points_are_stored_at_fit_time(data, ensemble):
     assert values["effective_components"].shape == (1, 4)
 
 
+def test_reference_points_of_many_rows_come_from_an_even_stride():
+    from bayes_mdn.diagnostics import MAX_REFERENCE_CANDIDATES
+
+    rng = np.random.default_rng(1)
+    num_rows = 3 * MAX_REFERENCE_CANDIDATES + 5
+    t = rng.normal(size=num_rows)
+    # Two correlated columns: the principal direction orders the rows by t.
+    X = np.column_stack([t, 3 * t + 0.01 * rng.normal(size=num_rows)]).astype(np.float32)
+    rows = reference_indices(X)
+    assert rows.shape == (32,) and np.unique(rows).size == 32
+    assert np.all(rows % 4 == 0)  # stride ceil(N / MAX_REFERENCE_CANDIDATES) = 4
+    assert np.all(np.diff(t[rows]) > 0)
+    candidates = t[::4]
+    assert t[rows[0]] < np.quantile(candidates, 1e-4)
+    assert t[rows[-1]] > np.quantile(candidates, 1 - 1e-4)
+    np.testing.assert_array_equal(reference_indices(X), rows)  # deterministic
+
+
 def test_diagnose_checks_its_arguments(data, ensemble):
     X, y = data
     with pytest.raises(ValueError, match="`y` was given without `X`"):

@@ -105,10 +105,12 @@ def _with_reference_points(posterior: Posterior, data: FitData) -> Posterior:
     at which :mod:`bayes_mdn.diagnostics` evaluates function-space R-hat and ESS."""
     from bayes_mdn.diagnostics import reference_indices
 
-    rows = reference_indices(np.asarray(data.X))
+    rows = reference_indices(data.X)
     standardizer = data.standardizer
-    X_ref = np.asarray(data.X, np.float64)[rows] * standardizer.x_scale + standardizer.x_shift
-    y_ref = np.asarray(data.y, np.float64)[rows] * standardizer.y_scale + standardizer.y_shift
+    # Rows first, then float64: no float64 copy of the whole data.
+    X_ref = np.asarray(np.asarray(data.X)[rows], np.float64) * standardizer.x_scale
+    y_ref = np.asarray(np.asarray(data.y)[rows], np.float64) * standardizer.y_scale
+    X_ref, y_ref = X_ref + standardizer.x_shift, y_ref + standardizer.y_shift
     info = {**posterior.info, "reference_X": X_ref.tolist(), "reference_y": y_ref.tolist()}
     return dataclasses.replace(posterior, info=info)
 
