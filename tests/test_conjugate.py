@@ -101,6 +101,43 @@ def test_laplace_is_exact_for_a_gaussian_posterior(regression_data):
     np.testing.assert_allclose(posterior.info["hessian_min_eigenvalue"], 1 / TAU**2, rtol=1e-3)
 
 
+def test_laplace_well_determined_subspace_matches_the_closed_form():
+    # Two nearly collinear features: their difference is barely seen by the data, so its
+    # likelihood curvature is far below the prior's (a poorly determined direction).
+    rng = np.random.default_rng(4)
+    first = rng.normal(size=40)
+    X = np.column_stack([first, first + 0.01 * rng.normal(size=40), rng.normal(size=40)])
+    y = (X @ np.array([0.5, 0.5, -1.0]) + SIGMA * rng.normal(size=40))[:, None]
+    mean, covariance = closed_form(X, y)
+    # Generalised eigenvectors of the data and prior curvatures, in prior-whitened units.
+    data_curvature = np.linalg.inv(covariance) - np.eye(4) / TAU**2
+    ratio, vectors = np.linalg.eigh(TAU**2 * data_curvature)
+    kept = ratio >= 1.0
+    assert kept.sum() == 3  # the collinear difference is dropped
+    subspace_covariance = TAU**2 * (vectors[:, kept] / (1 + ratio[kept])) @ vectors[:, kept].T
+
+    model = linear_model()
+    map_fit = model.fit(X, y, key=jax.random.key(0), num_steps=3000, learning_rate=0.02)
+    fits = {subspace: model.fit(X, y, key=jax.random.key(2), method="laplace", init=map_fit,
+                                num_draws=40_000, subspace=subspace)
+            for subspace in ("well_determined", "full")}
+    for subspace, expected in [("well_determined", subspace_covariance), ("full", covariance)]:
+        beta = coefficient_draws(fits[subspace]).reshape(-1, 4)
+        # Monte Carlo error of a (co)variance entry: about 2.5 sd^2 / sqrt(40 000) < 0.03.
+        np.testing.assert_allclose(beta.mean(0), mean, atol=0.02, err_msg=subspace)
+        np.testing.assert_allclose(np.cov(beta.T), expected, atol=0.03, err_msg=subspace)
+        info = fits[subspace].info
+        assert info["subspace"] == subspace
+        # The logits head (no curvature from the data) is never well determined.
+        assert info["well_determined_directions"] == 3 and info["num_parameters"] == 8
+        gamma = np.sum(ratio / (1 + ratio))  # MacKay's effective number of parameters
+        np.testing.assert_allclose(info["effective_num_parameters"], gamma, rtol=1e-3)
+    # Outside the subspace the draws stay at the MAP values exactly: here the logits.
+    logits = np.asarray(fits["well_determined"].draws["logits.kernel"])
+    np.testing.assert_allclose(logits, np.asarray(map_fit.draws["logits.kernel"]).reshape(
+        1, 1, 3, 1).repeat(40_000, axis=1), atol=1e-5)
+
+
 def test_nuts_posterior_mean_within_four_mcse(regression_data):
     X, y = regression_data
     posterior = linear_model().fit(X, y, key=jax.random.key(3), method="nuts", num_chains=2,

@@ -644,6 +644,8 @@ def test_two_rows_are_enough(model):
          r"Unknown hessian 'diag'; choose one of \['exact', 'fisher', 'empirical_fisher'\]\."),
         ("laplace", {"predictive": "exact"}, ValueError,
          r"Unknown predictive 'exact'; choose one of \['linearised', 'sampled'\]\."),
+        ("laplace", {"subspace": "data"}, ValueError,
+         r"Unknown subspace 'data'; choose one of \['well_determined', 'full'\]\."),
         ("map", {"lr_schedule": "linear"}, ValueError,
          r"`lr_schedule` must be one of \['constant', 'cosine'\] or an optax schedule"),
         ("map", {"ema_decay": 1.0}, ValueError, r"`ema_decay` must be in \[0, 1\); got 1\.0\."),
