@@ -267,6 +267,7 @@ def fit_worker(num_rows: int, num_steps: int, batch_size: int, block_size: int,
 
     def fit(key: int, steps: int) -> tuple[Any, dict[str, float]]:
         marks.clear()
+        captured.clear()  # the previous fit's data must not count against this one's peak
         monitor.reset()
         start_rss, start_cpu = monitor.current(), cpu_usage()
         begin = time.perf_counter()
