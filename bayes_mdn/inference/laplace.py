@@ -6,7 +6,10 @@ AutoLaplaceApproximation builds. It is computed here directly, as Hessian-vector
 over chunks of directions (bounded memory), so that a Hessian that is not positive
 definite can be reported with its eigenvalues instead of silently collapsing the
 approximation to the MAP point. ``hessian="fisher"`` swaps the likelihood's Hessian for its
-empirical Fisher information, positive definite by construction.
+Fisher information (``"empirical_fisher"``: the observed gradients' outer products),
+positive semi-definite by construction. By default the draws move
+only along the directions the data determine (``subspace="well_determined"``); the others
+stay at the MAP point.
 """
 
 from __future__ import annotations
@@ -93,8 +96,8 @@ class LaplaceOptions(OptimOptions):
         values. In a poorly determined direction the Gaussian's spread is the prior's, and
         a mixture network has many (components the fit does not use): their prior spread,
         pushed through the network, widens the predictive with no support from the data.
-        Seed data, 4000 rows (``benchmarks/inference_seed.py``): test log-likelihood 0.026
-        nats per point higher than ``"full"`` (278 of 1230 directions kept); 200 rows: no
+        Seed data, 4000 rows (``benchmarks/inference_seed.py``): test log-likelihood 0.025
+        nats per point higher than ``"full"`` (343 of 1230 directions kept); 200 rows: no
         loss. This is Laplace on a subspace, as in subspace inference (Izmailov et al.,
         2019) and subnetwork Laplace (Daxberger et al., 2021). ``"full"``: every direction
         (the textbook Laplace approximation, AutoLaplaceApproximation's).
