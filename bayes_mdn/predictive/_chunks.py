@@ -59,9 +59,9 @@ def _map_chunks(
     *,
     batch_axis: int = 0,
 ) -> Any:
-    """Run `kernel(*row_chunks, chunk_index)` over row chunks of host arrays and concatenate
-    the (host) outputs along `batch_axis`. Padding and concatenation stay in NumPy so that no
-    shape-specific eager JAX op is compiled per call."""
+    """Run `kernel(*row_chunks, chunk_index)` over row chunks of host arrays and gather the
+    (host) outputs along `batch_axis` into fresh NumPy arrays. Padding and gathering stay in
+    NumPy so that no shape-specific eager JAX op is compiled per call."""
     num_rows = row_arrays[0].shape[0]
     leaves, treedef = None, None
     for start in range(0, num_rows, chunk):
