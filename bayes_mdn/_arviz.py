@@ -29,7 +29,7 @@ from bayes_mdn._validation import (
     check_positive_int,
     check_same_rows,
 )
-from bayes_mdn.inference._data import point_log_prob
+from bayes_mdn.model import point_log_prob
 from bayes_mdn.predictive import DEFAULT_MAX_ELEMENTS
 from bayes_mdn.scaling import to_compute
 

@@ -8,8 +8,10 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import jax
+import jax.numpy as jnp
 import numpyro
 import numpyro.distributions as dist
+from jax.scipy.special import logsumexp
 
 from bayes_mdn import network
 from bayes_mdn._validation import check_positive_int
@@ -20,7 +22,7 @@ from bayes_mdn.priors import Site, prior_from_config, resolve_prior
 if TYPE_CHECKING:
     from bayes_mdn.posterior import Posterior
 
-__all__ = ["MDN"]
+__all__ = ["MDN", "mean_log_likelihood", "point_log_prob", "predictive_log_likelihood"]
 
 LOGITS = "logits"
 #: Draw entries named ``LINEARISED_PREFIX + site`` hold the point at which the network is
@@ -293,6 +295,7 @@ class MDN:
             Before anything is compiled, for invalid data (non-finite values, wrong shapes or
             dtypes, fewer than 2 rows, a constant target) or options.
         """
+        # Facade accessor: inference sits above the model (it imports MDN), so import on use.
         from bayes_mdn.inference import fit
 
         return fit(self, X, y, key=key, method=method, **options)
@@ -321,3 +324,55 @@ class MDN:
             network=network_from_config(config.get("network")),
         )
 
+
+
+# --------------------------------------------------------------------------- the likelihood
+def point_log_prob(model: MDN, params: Mapping[str, jax.Array], X_std: jax.Array,
+                   y_std: jax.Array, y_scale: jax.Array) -> jax.Array:
+    """Per-row log-likelihood of one parameter value, in standardised units.
+
+    Parameters
+    ----------
+    model : MDN
+    params : dict of str to Array
+        One value per latent site (see :meth:`MDN.latent_shapes`).
+    X_std, y_std : Array, shapes (N, P) and (N, D)
+        Standardised inputs and targets.
+    y_scale : Array, shape (D,)
+
+    Returns
+    -------
+    Array, shape (N,)
+    """
+    log_weights, component_params = model.mixture(params, X_std, y_scale)
+    mixture = dist.MixtureSameFamily(
+        dist.Categorical(logits=log_weights), model.family.distribution(component_params)
+    )
+    return mixture.log_prob(y_std)
+
+
+def mean_log_likelihood(model: MDN, params: Mapping[str, jax.Array], X_std: jax.Array,
+                        y_std: jax.Array, y_scale: jax.Array) -> jax.Array:
+    """Mean log-likelihood per row of one parameter value, in *standardised* units (add the
+    standardizer's log-Jacobian for original units)."""
+    return jnp.mean(point_log_prob(model, params, X_std, y_std, y_scale))
+
+
+def predictive_log_likelihood(model: MDN, draws: Mapping[str, jax.Array], X_std: jax.Array,
+                              y_std: jax.Array, y_scale: jax.Array) -> jax.Array:
+    """Mean log posterior-predictive density per row, averaging the density over draws.
+
+    Parameters
+    ----------
+    draws : dict of str to Array
+        Each site with a leading draw axis (S, ...).
+
+    Returns
+    -------
+    Array, scalar
+        ``mean_n log (1/S) sum_s p(y_n | x_n, theta_s)`` in standardised units.
+    """
+    per_draw = jax.vmap(lambda params: point_log_prob(model, params, X_std, y_std, y_scale)
+                        )(draws)  # (S, N)
+    num_draws = per_draw.shape[0]
+    return jnp.mean(logsumexp(per_draw, axis=0) - jnp.log(num_draws))

@@ -11,8 +11,6 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-import numpyro.distributions as dist
-from jax.scipy.special import logsumexp
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from bayes_mdn import network
@@ -23,11 +21,18 @@ from bayes_mdn._validation import (
     check_not_constant,
     check_same_rows,
 )
-from bayes_mdn.model import MDN
+
+# The likelihood lives in the model; re-exported here for the methods that import it from here.
+from bayes_mdn.model import (
+    MDN,
+    mean_log_likelihood,
+    point_log_prob,
+    predictive_log_likelihood,
+)
 from bayes_mdn.scaling import Standardizer
 
 __all__ = ["FitData", "ShardedRows", "check_shard_data", "initial_params",
-           "mean_log_likelihood", "predictive_log_likelihood", "prepare_data",
+           "mean_log_likelihood", "point_log_prob", "predictive_log_likelihood", "prepare_data",
            "shard_devices", "shard_rows"]
 
 #: Name of the device-mesh axis the training rows are sharded over.
@@ -266,40 +271,6 @@ def pareto_batch_size(model: MDN, data_shape: tuple[int, int, int]) -> int:
     num_rows, _, num_outputs = data_shape
     per_draw = num_rows * max(model.num_components * num_outputs, *model.hidden_sizes, 1)
     return max(1, min(NUM_PARETO_DRAWS, PARETO_BATCH_ELEMENTS // per_draw))
-
-
-def point_log_prob(model: MDN, params, X_std, y_std, y_scale) -> jax.Array:
-    """Per-row log-likelihood (N,) of one parameter value, in standardised units."""
-    log_weights, component_params = model.mixture(params, X_std, y_scale)
-    mixture = dist.MixtureSameFamily(
-        dist.Categorical(logits=log_weights), model.family.distribution(component_params)
-    )
-    return mixture.log_prob(y_std)
-
-
-def mean_log_likelihood(model: MDN, params, X_std, y_std, y_scale) -> jax.Array:
-    """Mean log-likelihood per row of one parameter value, in *standardised* units (add the
-    standardizer's log-Jacobian for original units)."""
-    return jnp.mean(point_log_prob(model, params, X_std, y_std, y_scale))
-
-
-def predictive_log_likelihood(model: MDN, draws, X_std, y_std, y_scale) -> jax.Array:
-    """Mean log posterior-predictive density per row, averaging the density over draws.
-
-    Parameters
-    ----------
-    draws : dict of str to Array
-        Each site with a leading draw axis (S, ...).
-
-    Returns
-    -------
-    Array, scalar
-        ``mean_n log (1/S) sum_s p(y_n | x_n, theta_s)`` in standardised units.
-    """
-    per_draw = jax.vmap(lambda params: point_log_prob(model, params, X_std, y_std, y_scale)
-                        )(draws)  # (S, N)
-    num_draws = per_draw.shape[0]
-    return jnp.mean(logsumexp(per_draw, axis=0) - jnp.log(num_draws))
 
 
 def draws_from_init(init: Any, model: MDN, data: FitData) -> dict[str, jax.Array]:
