@@ -30,6 +30,7 @@ from bayes_mdn._validation import (
     check_same_rows,
 )
 from bayes_mdn.model import point_log_prob
+from bayes_mdn.numerics import rhat_ess  # re-exported: defined here before
 from bayes_mdn.predictive import DEFAULT_MAX_ELEMENTS
 from bayes_mdn.scaling import to_compute
 
@@ -270,46 +271,6 @@ def to_arviz(posterior: Posterior, X: Any = None, y: Any = None, *,
         # (1, S) layout is the contract here, not a mistake.
         warnings.filterwarnings("ignore", message=".*More chains.*than draws")
         return az.from_dict(**groups, dims=dims, attrs=attrs)
-
-
-# --------------------------------------------------------------------------- R-hat, ESS
-def rhat_ess(quantities: Mapping[str, np.ndarray]) -> dict[str, dict[str, np.ndarray]]:
-    """Rank-normalised split R-hat and bulk/tail ESS of each (C, S, ...) array.
-
-    Returns
-    -------
-    dict
-        ``{"rhat": {name: (...)}, "ess_bulk": ..., "ess_tail": ...}``; entries are NaN where
-        arviz cannot compute them (constant values, fewer than 2 chains for R-hat); the
-        caller turns those into ``None`` or 1.
-    """
-    az = _arviz()
-    import xarray as xr
-
-    dataset = xr.Dataset({name: (("chain", "draw", *(f"{name}_dim_{i}"
-                                                      for i in range(value.ndim - 2))),
-                                 np.asarray(value, np.float64))
-                          for name, value in quantities.items()})
-    results = {}
-    with warnings.catch_warnings(), np.errstate(all="ignore"):
-        warnings.simplefilter("ignore")
-        import logging
-
-        logger = logging.getLogger("arviz")
-        level = logger.level
-        logger.setLevel(logging.ERROR)  # "Shape validation failed" for one chain
-        try:
-            num_chains = next(iter(quantities.values())).shape[0]
-            if num_chains >= 2:
-                results["rhat"] = {name: np.asarray(value) for name, value in
-                                   az.rhat(dataset).data_vars.items()}
-            for method in ("bulk", "tail"):
-                results[f"ess_{method}"] = {
-                    name: np.asarray(value)
-                    for name, value in az.ess(dataset, method=method).data_vars.items()}
-        finally:
-            logger.setLevel(level)
-    return results
 
 
 # --------------------------------------------------------------------------- comparison

@@ -39,6 +39,14 @@ import numpyro.distributions as dist
 from jax.scipy.special import xlogy
 
 from bayes_mdn._validation import as_features, as_targets, check_positive_int, check_same_rows
+from bayes_mdn.numerics import (  # re-exported: the names were defined here before
+    CONSTANT_LOG_WEIGHTS,  # noqa: F401
+    MAX_REFERENCE_CANDIDATES,  # noqa: F401
+    REFERENCE_POINTS,
+    pareto_k,
+    reference_indices,
+    rhat_ess,
+)
 from bayes_mdn.predictive import DEFAULT_MAX_ELEMENTS
 from bayes_mdn.scaling import to_compute
 
@@ -65,10 +73,6 @@ __all__ = [
     "reference_indices",
 ]
 
-#: Size of the reference set of inputs.
-REFERENCE_POINTS = 32
-#: Rows considered by :func:`reference_indices` (evenly strided above this many).
-MAX_REFERENCE_CANDIDATES = 65_536
 #: Levels of the per-draw quantiles.
 QUANTILE_LEVELS = (0.1, 0.5, 0.9)
 #: R-hat above this means the chains have not mixed (Vehtari et al., 2021).
@@ -77,8 +81,6 @@ MAX_RHAT = 1.01
 MIN_ESS_PER_CHAIN = 100
 #: Pareto k above this: importance sampling (and the approximation) is unreliable.
 MAX_PARETO_K = 0.7
-#: Log importance weights spread less than this are equal up to rounding (an exact q).
-CONSTANT_LOG_WEIGHTS = 1e-3
 #: A component whose weight stays below this at every reference input is dead.
 DEAD_WEIGHT = 1e-3
 #: A component scale within this relative distance of the family's floor is a floor hit.
@@ -98,47 +100,6 @@ QUANTILE_ITERATIONS = 40
 
 class ConvergenceWarning(UserWarning):
     """A fit has not converged or is unreliable; the message says what to do about it."""
-
-
-# --------------------------------------------------------------------------- reference set
-def reference_indices(X: Any, num_points: int = REFERENCE_POINTS) -> np.ndarray:
-    """Rows of `X` evenly spread along its first principal direction.
-
-    Deterministic: the same X gives the same rows. Above ``MAX_REFERENCE_CANDIDATES`` rows
-    the choice is among every ``ceil(N / MAX_REFERENCE_CANDIDATES)``-th row (an even spread
-    of 32 points needs no more), so the cost and the temporaries stay bounded at any N.
-
-    Parameters
-    ----------
-    X : array-like, shape (N, P)
-    num_points : int
-        M, the number of rows to pick (all N rows if N <= M).
-
-    Returns
-    -------
-    numpy.ndarray of int, shape (min(M, N),)
-        Row indices, ordered along the principal direction.
-    """
-    num_points = check_positive_int(num_points, "num_points")
-    X = np.asarray(X)  # a view of a CPU JAX array; float64 only for the candidates below
-    num_rows = X.shape[0]
-    stride = -(-num_rows // MAX_REFERENCE_CANDIDATES)  # ceil
-    candidates = np.arange(0, num_rows, stride)
-    values = np.asarray(X[candidates], np.float64)
-    sample = values[:: max(1, values.shape[0] // 4096)]
-    centre = sample.mean(axis=0)
-    spread = sample.std(axis=0)
-    spread = np.where(spread > 0, spread, 1.0)
-    if X.shape[1] == 1:
-        direction = np.ones(1)
-    else:
-        z = (sample - centre) / spread
-        direction = np.linalg.eigh(z.T @ z)[1][:, -1]
-        direction = direction * np.sign(direction[np.argmax(np.abs(direction))])
-    order = candidates[np.argsort(((values - centre) / spread) @ direction, kind="stable")]
-    if order.size <= num_points:
-        return order
-    return order[np.linspace(0, order.size - 1, num_points).round().astype(int)]
 
 
 def _reference_data(posterior: Posterior, X: Any, y: Any, num_points: int
@@ -296,66 +257,6 @@ def function_space_draws(posterior: Posterior, X: Any = None, y: Any = None, *,
     return result
 
 
-# --------------------------------------------------------------------------- Pareto k
-def _gpd_fit(exceedances: np.ndarray) -> float:
-    """Shape k of a generalised Pareto fit to sorted positive exceedances: the empirical
-    Bayes estimate of Zhang and Stephens (2009) with the weak prior of Vehtari et al.
-    (2024), as in PSIS."""
-    n = exceedances.size
-    prior_bs, prior_k = 3.0, 10.0
-    num_grid = 30 + int(math.sqrt(n))
-    b = 1 - np.sqrt(num_grid / (np.arange(1, num_grid + 1) - 0.5))
-    b = b / (prior_bs * exceedances[int(n / 4 + 0.5) - 1]) + 1 / exceedances[-1]
-    k = np.mean(np.log1p(-b[:, None] * exceedances), axis=1)
-    profile = n * (np.log(-(b / k)) - k - 1)
-    weights = 1 / np.sum(np.exp(profile - profile[:, None]), axis=1)
-    keep = weights >= 10 * np.finfo(float).eps
-    weights, b = weights[keep], b[keep]
-    b_post = np.sum(b * weights / np.sum(weights))
-    k_post = np.mean(np.log1p(-b_post * exceedances))
-    return float((n * k_post + prior_k * 0.5) / (n + prior_k))
-
-
-def pareto_k(log_weights: Any) -> float | None:
-    """Pareto-smoothed importance sampling shape estimate k-hat of importance log-weights.
-
-    For draws theta_s from an approximation q of a posterior p, pass
-    ``log p(theta_s, y) - log q(theta_s)``: k-hat < 0.5 means q is good for importance
-    sampling, k-hat > 0.7 that expectations under q are unreliable (Yao et al., 2018).
-
-    Parameters
-    ----------
-    log_weights : array-like, shape (S,)
-        Unnormalised log importance weights; non-finite entries are treated as weight 0.
-
-    Returns
-    -------
-    float or None
-        k-hat; 0.0 when all weights agree to within 0.1 % (q matches p up to rounding, and
-        the tied weights leave no tail to fit); None when the tail has fewer than 5 draws
-        (S below about 25) or no weight is finite.
-    """
-    values = np.asarray(log_weights, np.float64).reshape(-1)
-    values = values[np.isfinite(values)]
-    if values.size == 0:
-        return None
-    if np.ptp(values) < CONSTANT_LOG_WEIGHTS:
-        return 0.0
-    values = values - values.max()
-    tail_length = math.ceil(min(0.2 * values.size, 3 * math.sqrt(values.size)))
-    ordered = np.sort(values)
-    cutoff = max(ordered[-tail_length - 1] if tail_length < ordered.size else -np.inf,
-                 np.log(np.finfo(float).tiny))
-    tail = ordered[ordered > cutoff]
-    if tail.size <= 4:
-        return None
-    exceedances = np.exp(tail) - np.exp(cutoff)
-    if not np.all(exceedances[1:] > 0):
-        exceedances = np.maximum(exceedances, np.finfo(float).tiny)
-    k = _gpd_fit(exceedances)
-    return k if np.isfinite(k) else None
-
-
 # --------------------------------------------------------------------------- objective trend
 def objective_trend(posterior: Posterior) -> dict[str, Any] | None:
     """Is the optimisation objective still improving at the end of the fit?
@@ -409,8 +310,6 @@ def _finite(value: Any) -> float | None:
 
 def _convergence(quantities: Mapping[str, np.ndarray]) -> dict[str, dict[str, float | None]]:
     """Worst R-hat and ESS per quantity; constant quantities count as converged."""
-    from bayes_mdn._arviz import rhat_ess
-
     stats = rhat_ess(quantities)
     report: dict[str, dict[str, float | None]] = {}
     for name, values in quantities.items():

@@ -16,29 +16,25 @@ Writes go to a temporary file in the same folder, then ``os.replace`` it into pl
 
 from __future__ import annotations
 
-import errno
-import io
-import json
 import os
-import tempfile
-import zipfile
-import zlib
 from importlib import metadata as importlib_metadata
 from pathlib import Path
-from typing import Any
 
 import jax.numpy as jnp
 import numpy as np
 
+from bayes_mdn._archive import (  # re-exported: the container was defined here before
+    FORMAT_NAME,
+    FORMAT_VERSION,
+    read_archive,
+    write_archive,
+)
 from bayes_mdn.model import MDN
 from bayes_mdn.posterior import Posterior
 from bayes_mdn.scaling import Standardizer
 
 __all__ = ["FORMAT_NAME", "FORMAT_VERSION", "load", "read_archive", "save", "write_archive"]
 
-FORMAT_NAME = "bayes_mdn.posterior"
-FORMAT_VERSION = 1
-_METADATA = "metadata.json"
 
 
 def _version(package: str) -> str | None:
@@ -46,16 +42,6 @@ def _version(package: str) -> str | None:
         return importlib_metadata.version(package)
     except importlib_metadata.PackageNotFoundError:
         return None
-
-
-def _json_default(value: Any) -> Any:
-    if isinstance(value, (np.integer,)):
-        return int(value)
-    if isinstance(value, (np.floating,)):
-        return float(value)
-    if isinstance(value, (np.ndarray, jnp.ndarray)):
-        return np.asarray(value).tolist()
-    return repr(value)
 
 
 def save(posterior: Posterior, path: str | os.PathLike) -> None:
@@ -93,93 +79,6 @@ def save(posterior: Posterior, path: str | os.PathLike) -> None:
         "arrays": sorted(arrays),
     }
     write_archive(destination, metadata, arrays)
-
-
-def write_archive(destination: Path, metadata: dict[str, Any],
-                  arrays: dict[str, np.ndarray]) -> None:
-    """Write ``metadata.json`` + one ``.npy`` per array to a ZIP file, atomically.
-
-    The archive is written to a temporary file in the destination's folder, flushed to disk,
-    then renamed over `destination` with ``os.replace``; on any error the temporary file is
-    removed and an existing `destination` is left untouched.
-    """
-    handle, temporary = tempfile.mkstemp(dir=destination.parent or ".", prefix=".bmdn-",
-                                         suffix=".tmp")
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            with zipfile.ZipFile(stream, "w", compression=zipfile.ZIP_DEFLATED) as archive:
-                archive.writestr(_METADATA, json.dumps(metadata, indent=1,
-                                                       default=_json_default))
-                for name, array in arrays.items():
-                    buffer = io.BytesIO()
-                    # (np.ascontiguousarray would turn a 0-d array into shape (1,).)
-                    np.lib.format.write_array(buffer, np.asarray(array, order="C"),
-                                              allow_pickle=False)
-                    archive.writestr(f"{name}.npy", buffer.getvalue())
-            stream.flush()
-            os.fsync(stream.fileno())
-        # mkstemp creates the file readable by its owner only; give it the permissions of
-        # the file it replaces, or the usual rw-r--r--.
-        mode = destination.stat().st_mode & 0o777 if destination.exists() else 0o644
-        os.chmod(temporary, mode)
-        os.replace(temporary, destination)
-    except BaseException:
-        if os.path.exists(temporary):
-            os.unlink(temporary)
-        raise
-
-
-#: What each file format is for, to say so when one is passed where the other is expected.
-_KINDS = {FORMAT_NAME: "a saved posterior: load it with bayes_mdn.load",
-          "bayes_mdn.checkpoint": "a fit checkpoint: continue it with fit(..., resume=path)"}
-
-
-def read_archive(path: Path, format_name: str = FORMAT_NAME, format_version: int = FORMAT_VERSION
-                 ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-    """Read and check an archive written by :func:`write_archive`.
-
-    Raises
-    ------
-    ValueError
-        If the file is not a ZIP archive of the expected format and version, or is
-        truncated or corrupted (every member is CRC-checked).
-    """
-    kind = "posterior" if format_name == FORMAT_NAME else "checkpoint"
-    try:
-        with zipfile.ZipFile(path, "r") as archive:
-            names = set(archive.namelist())
-            if _METADATA not in names:
-                raise ValueError(f"{str(path)!r} is not a bayes_mdn file (no {_METADATA}).")
-            metadata = json.loads(archive.read(_METADATA).decode("utf-8"))
-            found = metadata.get("format") if isinstance(metadata, dict) else None
-            if found != format_name:
-                other = f" It is {_KINDS[found]}." if found in _KINDS else ""
-                raise ValueError(f"{str(path)!r} is not a bayes_mdn {kind} file.{other}")
-            version = metadata.get("format_version")
-            if version != format_version:
-                raise ValueError(
-                    f"{str(path)!r} has format version {version!r}; this bayes_mdn reads "
-                    f"version {format_version}. Upgrade bayes_mdn to load newer files."
-                )
-            arrays = {}
-            for name in metadata["arrays"]:
-                member = f"{name}.npy"
-                if member not in names:
-                    raise ValueError(f"{str(path)!r} is incomplete: array {name!r} is missing.")
-                arrays[name] = np.lib.format.read_array(io.BytesIO(archive.read(member)),
-                                                        allow_pickle=False)
-    except (zipfile.BadZipFile, zlib.error, NotImplementedError, EOFError, UnicodeDecodeError,
-            json.JSONDecodeError, KeyError, TypeError, zipfile.LargeZipFile) as error:
-        raise ValueError(
-            f"{str(path)!r} is not a readable bayes_mdn file (truncated or corrupted?): {error}"
-        ) from None
-    except OSError as error:  # e.g. a corrupted header pointing past the end of the file
-        if error.errno != errno.EINVAL:
-            raise
-        raise ValueError(
-            f"{str(path)!r} is not a readable bayes_mdn file (truncated or corrupted?): {error}"
-        ) from None
-    return metadata, arrays
 
 
 def load(path: str | os.PathLike) -> Posterior:

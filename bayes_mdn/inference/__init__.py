@@ -39,6 +39,7 @@ from bayes_mdn.inference.map import EnsembleOptions, MapOptions, fit_ensemble, f
 from bayes_mdn.inference.nuts import NutsOptions, fit_nuts
 from bayes_mdn.inference.svi import SviOptions, fit_svi
 from bayes_mdn.model import MDN
+from bayes_mdn.numerics import reference_indices
 from bayes_mdn.posterior import Posterior
 
 __all__ = ["METHODS", "EnsembleOptions", "FitData", "LaplaceOptions", "MapOptions",
@@ -103,8 +104,6 @@ def fit(model: MDN, X: Any, y: Any, *, key: jax.Array, method: str = "map",
 def _with_reference_points(posterior: Posterior, data: FitData) -> Posterior:
     """Record ``info["reference_X"]``/``["reference_y"]``: 32 training rows (original units)
     at which :mod:`bayes_mdn.diagnostics` evaluates function-space R-hat and ESS."""
-    from bayes_mdn.diagnostics import reference_indices
-
     rows = reference_indices(data.X)
     standardizer = data.standardizer
     # Rows first, then float64: no float64 copy of the whole data.

@@ -40,6 +40,7 @@ from typing import Any
 import jax
 import numpy as np
 
+from bayes_mdn._archive import read_archive, write_archive
 from bayes_mdn._validation import check_positive_int
 
 __all__ = ["CHECKPOINT_FORMAT", "CHECKPOINT_VERSION", "CheckpointPlan", "check_options",
@@ -220,8 +221,6 @@ class CheckpointPlan:
     def write(self, num_done: int, trees: dict[str, Any], arrays: dict[str, np.ndarray]
               ) -> None:
         """Write the checkpoint atomically: pytrees (packed) plus plain arrays."""
-        from bayes_mdn.io import write_archive
-
         everything: dict[str, np.ndarray] = {}
         key_leaves: dict[str, str] = {}
         for prefix, tree in trees.items():
@@ -259,8 +258,6 @@ def checkpoint_plan(method: str, model: Any, data: Any, key: jax.Array, options:
     """
     if options.checkpoint is None and options.resume is None:
         return None
-    from bayes_mdn.io import read_archive
-
     signature = _signature(method, model, data, key, options)
     path = None if options.checkpoint is None else Path(options.checkpoint)
     if path is not None and path.is_dir():

@@ -28,7 +28,6 @@ from numpyro.handlers import block
 from numpyro.infer.util import constrain_fn, potential_energy, unconstrain_fn
 
 from bayes_mdn._validation import check_choice, check_positive_int
-from bayes_mdn.diagnostics import pareto_k
 from bayes_mdn.inference._data import (
     NUM_PARETO_DRAWS,
     FitData,
@@ -39,6 +38,7 @@ from bayes_mdn.inference._data import (
 )
 from bayes_mdn.inference._optim import OptimOptions
 from bayes_mdn.model import MDN
+from bayes_mdn.numerics import pareto_k
 from bayes_mdn.posterior import Posterior
 
 __all__ = ["LaplaceOptions", "fit_laplace"]

@@ -49,7 +49,6 @@ from numpyro.infer.util import log_density
 from numpyro.nn import AutoregressiveNN
 
 from bayes_mdn._validation import check_choice, check_positive_float, check_positive_int
-from bayes_mdn.diagnostics import pareto_k
 from bayes_mdn.inference._checkpoint import checkpoint_plan
 from bayes_mdn.inference._data import (
     NUM_PARETO_DRAWS,
@@ -71,6 +70,7 @@ from bayes_mdn.inference._optim import (
     run_blocks,
 )
 from bayes_mdn.model import MDN
+from bayes_mdn.numerics import pareto_k
 from bayes_mdn.posterior import Posterior
 
 __all__ = ["GUIDES", "AffineIAFGuide", "SviOptions", "fit_svi"]
