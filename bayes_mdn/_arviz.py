@@ -31,6 +31,7 @@ from bayes_mdn._validation import (
 )
 from bayes_mdn.model import point_log_prob
 from bayes_mdn.numerics import rhat_ess  # re-exported: defined here before
+from bayes_mdn.posterior import Posterior
 from bayes_mdn.predictive import DEFAULT_MAX_ELEMENTS
 from bayes_mdn.scaling import to_compute
 
@@ -39,7 +40,6 @@ if TYPE_CHECKING:
     import pandas
 
     from bayes_mdn.model import MDN
-    from bayes_mdn.posterior import Posterior
 
 __all__ = ["compare", "log_likelihood", "posterior_predictive", "rhat_ess", "to_arviz"]
 
@@ -315,8 +315,6 @@ def compare(posteriors: Mapping[str, Posterior], X: Any, y: Any, *, ic: str = "l
     ValueError
         For fewer than two fits or a single-draw (MAP) fit.
     """
-    from bayes_mdn.posterior import Posterior
-
     if not isinstance(posteriors, Mapping):
         raise TypeError("`posteriors` must be a dict of name -> Posterior, e.g. "
                         f"{{'K=1': post1, 'K=5': post5}}; got {type(posteriors).__name__}.")

@@ -39,6 +39,7 @@ import numpyro.distributions as dist
 from jax.scipy.special import xlogy
 
 from bayes_mdn._validation import as_features, as_targets, check_positive_int, check_same_rows
+from bayes_mdn.families import Family
 from bayes_mdn.numerics import (  # re-exported: the names were defined here before
     CONSTANT_LOG_WEIGHTS,  # noqa: F401
     MAX_REFERENCE_CANDIDATES,  # noqa: F401
@@ -139,8 +140,6 @@ def _scale_floor(model: MDN) -> float | None:
 
 
 def _has_quantiles(model: MDN) -> bool:
-    from bayes_mdn.families import Family
-
     family = type(model.family)
     return (family.marginal_icdf is not Family.marginal_icdf
             and family.marginal_cdf is not Family.marginal_cdf)

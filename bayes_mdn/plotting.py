@@ -7,13 +7,22 @@ from typing import TYPE_CHECKING, Any
 import jax
 import numpy as np
 
-from bayes_mdn._validation import as_features, as_targets, check_key, check_positive_int
+from bayes_mdn import metrics
+from bayes_mdn._validation import (
+    as_features,
+    as_targets,
+    check_choice,
+    check_key,
+    check_positive_int,
+)
+from bayes_mdn.diagnostics import QUANTILE_LEVELS, function_space_draws
+from bayes_mdn.numerics import rhat_ess
+from bayes_mdn.predictive import PredictiveMixture
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
 
     from bayes_mdn.posterior import Posterior
-    from bayes_mdn.predictive import PredictiveMixture
 
 __all__ = [
     "plot_conditional_density",
@@ -270,9 +279,6 @@ def plot_pit(pred_or_pit_values: PredictiveMixture | Any, y: Any = None, *, bins
     -------
     matplotlib.axes.Axes
     """
-    from bayes_mdn import metrics
-    from bayes_mdn.predictive import PredictiveMixture
-
     if isinstance(pred_or_pit_values, PredictiveMixture):
         if y is None:
             raise ValueError("plot_pit() needs the targets `y` when given a PredictiveMixture; "
@@ -345,9 +351,6 @@ def plot_coverage(pred_or_coverage: PredictiveMixture | Any, y: Any = None,
     matplotlib.axes.Axes
         One line per output (D > 1) or a single "empirical" line, plus the diagonal.
     """
-    from bayes_mdn import metrics
-    from bayes_mdn.predictive import PredictiveMixture
-
     if isinstance(pred_or_coverage, metrics.Coverage):
         if y is not None:
             raise ValueError("`y` is used only with a PredictiveMixture; a Coverage result "
@@ -416,10 +419,6 @@ def plot_rank(posterior: Posterior, quantity: str = "log_density", *, X: Any = N
     -------
     matplotlib.axes.Axes
     """
-    from bayes_mdn._arviz import rhat_ess
-    from bayes_mdn._validation import check_choice
-    from bayes_mdn.diagnostics import QUANTILE_LEVELS, function_space_draws
-
     quantity = check_choice(quantity, "quantity", RANK_QUANTITIES)
     values = function_space_draws(posterior, X, y)
     if quantity == "log_density":

@@ -254,6 +254,7 @@ class Posterior:
             ``objective_improvement_per_row`` (None where not applicable) and ``warnings``
             (list of str).
         """
+        # Facade accessor: diagnostics reads Posteriors (a layer above), so import on use.
         from bayes_mdn.diagnostics import Summary, diagnose
 
         report: dict[str, Any] = {
@@ -313,6 +314,7 @@ class Posterior:
             For a single-draw fit (``method="map"``): LOO, WAIC, R-hat and predictive
             checks need posterior draws.
         """
+        # Facade accessor: the ArviZ adapter reads Posteriors (a layer above); import on use.
         from bayes_mdn._arviz import to_arviz
 
         return to_arviz(self, X, y, key=key, max_elements=max_elements)
@@ -324,6 +326,7 @@ class Posterior:
         The file is written to a temporary name and renamed, so a crash cannot leave a
         half-written file under `path`. Load it with :func:`bayes_mdn.load`.
         """
+        # Facade accessor: io reads and writes Posteriors (a layer above), so import on use.
         from bayes_mdn.io import save
 
         save(self, path)

@@ -29,6 +29,7 @@ from bayes_mdn.model import (
     point_log_prob,
     predictive_log_likelihood,
 )
+from bayes_mdn.posterior import Posterior
 from bayes_mdn.scaling import Standardizer
 
 __all__ = ["FitData", "ShardedRows", "check_shard_data", "initial_params",
@@ -283,8 +284,6 @@ def draws_from_init(init: Any, model: MDN, data: FitData) -> dict[str, jax.Array
     ValueError
         If it was fitted with another model or another number of features or outputs.
     """
-    from bayes_mdn.posterior import Posterior
-
     if not isinstance(init, Posterior):
         raise TypeError(
             f"`init` must be a fitted bayes_mdn.Posterior (e.g. from method='map'); got "

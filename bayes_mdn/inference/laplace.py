@@ -37,6 +37,7 @@ from bayes_mdn.inference._data import (
     point_log_prob,
 )
 from bayes_mdn.inference._optim import OptimOptions
+from bayes_mdn.inference.map import MapOptions, fit_map
 from bayes_mdn.model import MDN
 from bayes_mdn.numerics import pareto_k
 from bayes_mdn.posterior import Posterior
@@ -264,8 +265,6 @@ def _laplace_kernel(model: MDN, data_shape: tuple[int, int, int], num_draws: int
 
 def fit_laplace(model: MDN, data: FitData, key: jax.Array, options: LaplaceOptions
                 ) -> Posterior:
-    from bayes_mdn.inference.map import MapOptions, fit_map
-
     started = time.perf_counter()
     num_weights = model.num_parameters(data.shape[1], data.shape[2])
     if num_weights > MAX_PARAMETERS:
