@@ -27,6 +27,7 @@ __all__ = [
     "families",
     "feature_networks",
     "load",
+    "log_density",
     "metrics",
     "plotting",
     "priors",
@@ -37,4 +38,7 @@ def __getattr__(name: str) -> Any:
     # matplotlib is imported on first use of ``bm.plotting``, not on ``import bayes_mdn``.
     if name == "plotting":
         return importlib.import_module("bayes_mdn.plotting")
+    # The inference package (optax, every method) is loaded on first use, not on import.
+    if name == "log_density":
+        return importlib.import_module("bayes_mdn.inference.log_density").log_density
     raise AttributeError(f"module 'bayes_mdn' has no attribute {name!r}")

@@ -265,6 +265,7 @@ def to_arviz(posterior: Posterior, X: Any = None, y: Any = None, *,
         groups["log_likelihood"] = {
             "y": log_likelihood(posterior, X_host, y_host, max_elements=max_elements)}
     attrs = {"inference_library": "bayes_mdn", "method": posterior.method,
+             "kind": posterior.kind,
              "log_likelihood_units": "original units of y, one value per row"}
     with warnings.catch_warnings():
         # InferenceData creation warns about more chains than draws (ensembles, SVI): a

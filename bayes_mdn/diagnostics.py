@@ -347,7 +347,8 @@ class Diagnostics:
     convergence : dict
         Per function-space quantity (``log_density``, ``quantiles``,
         ``effective_components``): worst ``rhat`` (max), ``ess_bulk`` and ``ess_tail``
-        (min); empty unless the fit has several chains (or is NUTS) with >= 4 draws each.
+        (min); empty unless the fit has several chains (or is of kind ``"chains"``) with
+        >= 4 draws each.
     max_rhat, min_ess_bulk, min_ess_tail : float or None
         The worst over all quantities.
     num_divergent, num_transitions : int or None
@@ -525,7 +526,7 @@ def diagnose(posterior: Posterior, X: Any = None, y: Any = None, *,
     values = function_space_draws(posterior, X, y, num_points=num_points)
     chains, draws = posterior.num_chains, posterior.num_draws
     convergence: dict[str, dict[str, float | None]] = {}
-    if (chains >= 2 or posterior.method == "nuts") and draws >= 4:
+    if (chains >= 2 or posterior.kind == "chains") and draws >= 4:
         convergence = _convergence({name: values[name] for name in
                                     ("log_density", "quantiles", "effective_components")
                                     if name in values})

@@ -73,6 +73,7 @@ def save(posterior: Posterior, path: str | os.PathLike) -> None:
         "format": FORMAT_NAME,
         "format_version": FORMAT_VERSION,
         "method": posterior.method,
+        "kind": posterior.kind,
         "model": posterior.model.to_config(),
         "info": dict(posterior.info),
         "versions": {name: _version(name) for name in ("bayes-mdn", "jax", "numpyro")},
@@ -118,6 +119,7 @@ def load(path: str | os.PathLike) -> Posterior:
     return Posterior(
         model=model,
         method=str(metadata["method"]),
+        kind=metadata.get("kind"),  # None in files saved before Posterior had a kind
         draws={name: jnp.asarray(value) for name, value in group("draws").items()},
         standardizer=standardizer,
         history=group("history"),

@@ -23,7 +23,15 @@ if TYPE_CHECKING:
 
     from bayes_mdn.diagnostics import Summary
 
-__all__ = ["Posterior"]
+__all__ = ["KINDS", "Posterior"]
+
+#: Kinds of result an inference method gives (see :class:`bayes_mdn.inference.MethodEntry`):
+#: one draw, independent draws, or Markov chains.
+KINDS = ("point", "independent", "chains")
+#: The kind of a Posterior that does not carry one (files saved before it did, Posteriors built
+#: by hand), by the built-in method that made it.
+LEGACY_KINDS = {"map": "point", "ensemble": "independent", "svi": "independent",
+                "laplace": "independent", "nuts": "chains"}
 
 
 def _frozen_arrays(arrays: Mapping[str, Any]) -> MappingProxyType:
@@ -33,6 +41,14 @@ def _frozen_arrays(arrays: Mapping[str, Any]) -> MappingProxyType:
         value.setflags(write=False)
         frozen[name] = value
     return MappingProxyType(frozen)
+
+
+def _derived_kind(method: str, draws: Mapping[str, Any]) -> str:
+    """The kind of a Posterior that does not say: by built-in method, else by shape."""
+    if method in LEGACY_KINDS:
+        return LEGACY_KINDS[method]
+    shape = tuple(next(iter(draws.values())).shape[:2]) if draws else (1, 1)
+    return "point" if shape == (1, 1) else "chains" if shape[0] > 1 else "independent"
 
 
 @dataclass(frozen=True, eq=False)
@@ -64,6 +80,12 @@ class Posterior:
         Per-draw sampler statistics, each (C, S): for NUTS ``diverging``, ``tree_depth``,
         ``num_steps`` (leapfrog steps), ``step_size``, ``accept_prob``, ``energy``,
         ``potential_energy``. Empty for other methods.
+    kind : str, optional
+        ``"point"``, ``"independent"`` or ``"chains"`` (see
+        :class:`bayes_mdn.inference.MethodEntry`): what diagnostics, summaries and ArviZ
+        read instead of the method's name. ``fit`` sets it from the method's registry entry;
+        when None (older saved files, hand-built Posteriors) it is derived from the built-in
+        method's name, else from the shape (1 x 1: point; several chains: chains).
     linearised_at : mapping of str to Array, optional
         For Laplace's linearised predictive: the network's latent sites at the point where
         the network is linearised (the MAP estimate; no leading axes). Every prediction
@@ -79,9 +101,14 @@ class Posterior:
     info: Mapping[str, Any] = field(default_factory=dict)
     sample_stats: Mapping[str, np.ndarray] = field(default_factory=dict)
     linearised_at: Mapping[str, jax.Array] | None = None
+    kind: str | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "draws", MappingProxyType(dict(self.draws)))
+        if self.kind is None:
+            object.__setattr__(self, "kind", _derived_kind(self.method, self.draws))
+        elif self.kind not in KINDS:
+            raise ValueError(f"`kind` must be one of {KINDS}; got {self.kind!r}.")
         if self.linearised_at is not None:
             centre = dict(self.linearised_at)
             unknown = sorted(set(centre) - set(self.draws))
@@ -259,6 +286,7 @@ class Posterior:
 
         report: dict[str, Any] = {
             "method": self.method,
+            "kind": self.kind,
             "num_chains": self.num_chains,
             "num_draws": self.num_draws,
             "num_parameters": self.model.num_parameters(self.num_features, self.num_outputs),

@@ -1,8 +1,10 @@
 """fit(): turn an MDN specification and data into a :class:`~bayes_mdn.Posterior`.
 
 Every method shares the same preparation (validation, standardisation, data-dependent
-initialisation) and returns the same Posterior. Methods are registered in ``METHODS`` with an
-options dataclass each, so unknown or invalid options fail before anything is compiled.
+initialisation) and returns the same Posterior. Methods are registered in ``METHODS``, one
+:class:`MethodEntry` each: the options dataclass (so unknown or invalid options fail before
+anything is compiled), the fit function and the kind of result. Adding a method is its own
+module plus one line in ``METHODS``; see the architecture page of the docs.
 
 =============  ==========================================================================
 ``"map"``      maximum a posteriori: AutoDelta + Adam (:class:`MapOptions`)
@@ -25,32 +27,72 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
-import numpy as np
-import numpyro.distributions as dist
 
 from bayes_mdn._validation import check_choice, check_column_names, check_key, column_names
-from bayes_mdn.inference._data import FitData, prepare_data
+from bayes_mdn.inference._data import (
+    FitData,
+    prepare_data,
+    require_proper_prior,
+    with_reference_points,
+)
 from bayes_mdn.inference._optim import OptimOptions
 from bayes_mdn.inference.laplace import LaplaceOptions, fit_laplace
+from bayes_mdn.inference.log_density import LogDensity, log_density
 from bayes_mdn.inference.map import EnsembleOptions, MapOptions, fit_ensemble, fit_map
 from bayes_mdn.inference.nuts import NutsOptions, fit_nuts
 from bayes_mdn.inference.svi import SviOptions, fit_svi
 from bayes_mdn.model import MDN
-from bayes_mdn.numerics import reference_indices
-from bayes_mdn.posterior import Posterior
+from bayes_mdn.posterior import KINDS, Posterior
 
-__all__ = ["METHODS", "EnsembleOptions", "FitData", "LaplaceOptions", "MapOptions",
-           "NutsOptions", "OptimOptions", "SviOptions", "fit", "prepare_data"]
+__all__ = ["KINDS", "METHODS", "EnsembleOptions", "FitData", "FitFunction", "LaplaceOptions",
+           "LogDensity", "MapOptions", "MethodEntry", "NutsOptions", "OptimOptions",
+           "SviOptions", "fit", "log_density", "prepare_data"]
 
-METHODS: dict[str, tuple[type, Callable[..., Posterior]]] = {
-    "map": (MapOptions, fit_map),
-    "ensemble": (EnsembleOptions, fit_ensemble),
-    "svi": (SviOptions, fit_svi),
-    "laplace": (LaplaceOptions, fit_laplace),
-    "nuts": (NutsOptions, fit_nuts),
+#: The one signature of a method's fit function: ``fit(model, data, key, options)`` with the
+#: validated, standardised :class:`FitData`, a PRNG key and the method's options dataclass,
+#: returning a :class:`~bayes_mdn.Posterior` whose draws are (C, S, *site_shape).
+FitFunction = Callable[[MDN, FitData, jax.Array, Any], Posterior]
+
+
+class MethodEntry(NamedTuple):
+    """What the registry knows of an inference method.
+
+    Attributes
+    ----------
+    options : type
+        A frozen dataclass of the method's options (``fit(**options)`` builds it; its
+        ``__post_init__`` validates them before anything is compiled).
+    fit : FitFunction
+        ``fit(model, data, key, options) -> Posterior``.
+    kind : str
+        The kind of result, which diagnostics, summaries and ArviZ read (never the method's
+        name): ``"point"`` (one draw, C = S = 1), ``"independent"`` (S independent draws,
+        C = 1: ensembles, variational and Laplace approximations) or ``"chains"`` (C Markov
+        chains of S correlated draws each: R-hat and ESS apply).
+    proper_prior : bool
+        The method integrates over the posterior and refuses a flat (improper) prior.
+    checkpoint : bool
+        The options take ``checkpoint=``/``resume=`` (see :mod:`._checkpoint`).
+    """
+
+    options: type
+    fit: FitFunction
+    kind: str
+    proper_prior: bool = True
+    checkpoint: bool = False
+
+
+#: The registry: one line per method.
+METHODS: dict[str, MethodEntry] = {
+    "map": MethodEntry(MapOptions, fit_map, "point", proper_prior=False, checkpoint=True),
+    "ensemble": MethodEntry(EnsembleOptions, fit_ensemble, "independent", proper_prior=False,
+                            checkpoint=True),
+    "svi": MethodEntry(SviOptions, fit_svi, "independent", checkpoint=True),
+    "laplace": MethodEntry(LaplaceOptions, fit_laplace, "independent", checkpoint=True),
+    "nuts": MethodEntry(NutsOptions, fit_nuts, "chains", checkpoint=True),
 }
 
 
@@ -82,7 +124,10 @@ def fit(model: MDN, X: Any, y: Any, *, key: jax.Array, method: str = "map",
         raise TypeError(f"`model` must be a bayes_mdn.MDN; got {type(model).__name__}.")
     method = check_choice(method, "method", METHODS)
     key = check_key(key)
-    options_type, fit_method = METHODS[method]
+    entry = METHODS[method]
+    if entry.kind not in KINDS:
+        raise ValueError(f"METHODS[{method!r}].kind must be one of {KINDS}; got {entry.kind!r}.")
+    options_type = entry.options
     valid = set(options_type.__dataclass_fields__)
     unknown = sorted(set(options) - valid)
     if unknown:
@@ -93,25 +138,12 @@ def fit(model: MDN, X: Any, y: Any, *, key: jax.Array, method: str = "map",
     method_options = options_type(**options)
     data = prepare_data(model, X, y, X_test, y_test)
     names = _column_names(X, y, X_test)
-    if method not in POINT_ESTIMATES:
-        _require_proper_prior(model, data, method)
-    posterior = fit_method(model, data, key, method_options)
-    if names:
-        posterior = dataclasses.replace(posterior, info={**posterior.info, **names})
-    return _with_reference_points(posterior, data)
-
-
-def _with_reference_points(posterior: Posterior, data: FitData) -> Posterior:
-    """Record ``info["reference_X"]``/``["reference_y"]``: 32 training rows (original units)
-    at which :mod:`bayes_mdn.diagnostics` evaluates function-space R-hat and ESS."""
-    rows = reference_indices(data.X)
-    standardizer = data.standardizer
-    # Rows first, then float64: no float64 copy of the whole data.
-    X_ref = np.asarray(np.asarray(data.X)[rows], np.float64) * standardizer.x_scale
-    y_ref = np.asarray(np.asarray(data.y)[rows], np.float64) * standardizer.y_scale
-    X_ref, y_ref = X_ref + standardizer.x_shift, y_ref + standardizer.y_shift
-    info = {**posterior.info, "reference_X": X_ref.tolist(), "reference_y": y_ref.tolist()}
-    return dataclasses.replace(posterior, info=info)
+    if entry.proper_prior:
+        require_proper_prior(model, data, method)
+    posterior = entry.fit(model, data, key, method_options)
+    posterior = dataclasses.replace(posterior, kind=entry.kind,
+                                    info={**posterior.info, **names})
+    return with_reference_points(posterior, data)
 
 
 def _column_names(X: Any, y: Any, X_test: Any) -> dict[str, list[str]]:
@@ -125,20 +157,3 @@ def _column_names(X: Any, y: Any, X_test: Any) -> dict[str, list[str]]:
     if target_names is not None:
         names["target_names"] = target_names
     return names
-
-
-#: Methods that only need the mode of the posterior, so an improper (flat) prior is fine.
-POINT_ESTIMATES = ("map", "ensemble")
-
-
-def _require_proper_prior(model: MDN, data: FitData, method: str) -> None:
-    _, num_features, num_outputs = data.shape
-    latents = model.prior.latent_distributions(model.sites(num_features, num_outputs))
-    improper = [name for name, prior in latents.items()
-                if isinstance(prior, dist.ImproperUniform)]
-    if improper:
-        raise ValueError(
-            f"method={method!r} integrates over the posterior and needs a proper prior, but "
-            f"sites {improper} have a flat prior. Use e.g. bayes_mdn.priors.FanInNormal() for "
-            "them, or method='map' for maximum likelihood."
-        )

@@ -4,6 +4,7 @@ one or several parameter draws."""
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from functools import lru_cache, partial
 from typing import Any
@@ -11,6 +12,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+import numpyro.distributions as dist
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from bayes_mdn import network
@@ -21,20 +23,21 @@ from bayes_mdn._validation import (
     check_not_constant,
     check_same_rows,
 )
-
-# The likelihood lives in the model; re-exported here for the methods that import it from here.
 from bayes_mdn.model import (
     MDN,
     mean_log_likelihood,
     point_log_prob,
     predictive_log_likelihood,
 )
+
+# The likelihood lives in the model; re-exported here for the methods that import it from here.
+from bayes_mdn.numerics import reference_indices
 from bayes_mdn.posterior import Posterior
 from bayes_mdn.scaling import Standardizer
 
 __all__ = ["FitData", "ShardedRows", "check_shard_data", "initial_params",
            "mean_log_likelihood", "point_log_prob", "predictive_log_likelihood", "prepare_data",
-           "shard_devices", "shard_rows"]
+           "require_proper_prior", "shard_devices", "shard_rows", "with_reference_points"]
 
 #: Name of the device-mesh axis the training rows are sharded over.
 ROW_AXIS = "rows"
@@ -332,3 +335,30 @@ def final_scores(model: MDN, data: FitData, draws: dict[str, jax.Array]) -> dict
         scores["test_log_likelihood"] = float(_score(model, flat, data.X_test, data.y_test,
                                                      data.y_scale))
     return {name: np.asarray([value + log_jacobian]) for name, value in scores.items()}
+
+
+def with_reference_points(posterior: Posterior, data: FitData) -> Posterior:
+    """Record ``info["reference_X"]``/``["reference_y"]``: 32 training rows (original units)
+    at which :mod:`bayes_mdn.diagnostics` evaluates function-space R-hat and ESS."""
+    rows = reference_indices(data.X)
+    standardizer = data.standardizer
+    # Rows first, then float64: no float64 copy of the whole data.
+    X_ref = np.asarray(np.asarray(data.X)[rows], np.float64) * standardizer.x_scale
+    y_ref = np.asarray(np.asarray(data.y)[rows], np.float64) * standardizer.y_scale
+    X_ref, y_ref = X_ref + standardizer.x_shift, y_ref + standardizer.y_shift
+    info = {**posterior.info, "reference_X": X_ref.tolist(), "reference_y": y_ref.tolist()}
+    return dataclasses.replace(posterior, info=info)
+
+
+def require_proper_prior(model: MDN, data: FitData, method: str) -> None:
+    """Refuse a flat (improper) prior for a method that integrates over the posterior."""
+    _, num_features, num_outputs = data.shape
+    latents = model.prior.latent_distributions(model.sites(num_features, num_outputs))
+    improper = [name for name, prior in latents.items()
+                if isinstance(prior, dist.ImproperUniform)]
+    if improper:
+        raise ValueError(
+            f"method={method!r} integrates over the posterior and needs a proper prior, but "
+            f"sites {improper} have a flat prior. Use e.g. bayes_mdn.priors.FanInNormal() for "
+            "them, or method='map' for maximum likelihood."
+        )
