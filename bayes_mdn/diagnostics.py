@@ -38,12 +38,12 @@ import numpy as np
 import numpyro.distributions as dist
 from jax.scipy.special import xlogy
 
+from bayes_mdn import numerics
 from bayes_mdn._validation import as_features, as_targets, check_positive_int, check_same_rows
 from bayes_mdn.families import Family
 from bayes_mdn.numerics import (  # re-exported: the names were defined here before
     CONSTANT_LOG_WEIGHTS,  # noqa: F401
     MAX_REFERENCE_CANDIDATES,  # noqa: F401
-    REFERENCE_POINTS,
     pareto_k,
     reference_indices,
     rhat_ess,
@@ -74,6 +74,8 @@ __all__ = [
     "reference_indices",
 ]
 
+#: Size of the reference set of inputs (defined in :mod:`bayes_mdn.numerics`).
+REFERENCE_POINTS = numerics.REFERENCE_POINTS
 #: Levels of the per-draw quantiles.
 QUANTILE_LEVELS = (0.1, 0.5, 0.9)
 #: R-hat above this means the chains have not mixed (Vehtari et al., 2021).

@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from _posteriors import head_bias_posterior
 from scipy import optimize, stats
 from scipy.special import logit, logsumexp
 
@@ -26,15 +27,9 @@ def family_posterior(family, raw: dict[str, np.ndarray], *, num_outputs: int = 1
     """One-draw posterior whose raw head outputs are `raw` (each (K * d,)) at every input:
     no hidden layer, zero head kernels, the raw values as head biases."""
     raw = {"logits": np.log(WEIGHTS), **raw}
-    model = bm.MDN(num_components=WEIGHTS.size, hidden_sizes=(), family=family)
-    draws = {}
-    for head, bias in raw.items():
-        bias = np.asarray(bias, np.float32).reshape(1, 1, -1)
-        draws[f"{head}.kernel"] = np.zeros((1, 1, 1, bias.shape[-1]), np.float32)
-        draws[f"{head}.bias"] = bias
-    standardizer = Standardizer(np.zeros(1), np.ones(1), np.full(num_outputs, y_shift),
-                                np.full(num_outputs, y_scale))
-    return bm.Posterior(model=model, method="map", draws=draws, standardizer=standardizer)
+    return head_bias_posterior(family, {head: np.ravel(bias) for head, bias in raw.items()},
+                               num_components=WEIGHTS.size, num_outputs=num_outputs,
+                               y_shift=y_shift, y_scale=y_scale)
 
 
 # Each case: the family, its raw head outputs, the scipy components in original units, and

@@ -3,17 +3,18 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import ClassVar
 
 import jax
 import numpy as np
 import pytest
-from conftest import exact_posterior
+from _posteriors import exact_posterior
+from _posteriors import random_posterior as _random_posterior
 from scipy import integrate, optimize, stats
 
 import bayes_mdn as bm
 from bayes_mdn import metrics
-from bayes_mdn.scaling import Standardizer
 
 #: 0.3 N(-2, 0.5) + 0.7 N(3, 1): the bimodal_posterior fixture's mixture.
 BIMODAL = (np.array([0.3, 0.7]), np.array([-2.0, 3.0]), np.array([0.5, 1.0]))
@@ -42,22 +43,8 @@ def sample_mixture(rng, num, weights, locs, scales):
     return rng.normal(locs[component], scales[component])
 
 
-def random_posterior(num_draws: int, num_components: int, *, num_outputs: int = 1,
-                     seed: int = 0, scale_spread: float = 0.25) -> bm.Posterior:
-    """Random weights (a different mixture per draw and input) and a non-trivial y scaling.
-
-    Scales are about ``2 softplus(1 + scale_spread * noise)``: the larger `scale_spread`, the
-    narrower the narrowest components (and the finer the CRPS quadrature grid needed).
-    """
-    rng = np.random.default_rng(seed)
-    model = bm.MDN(num_components=num_components, hidden_sizes=(4,))
-    draws = {site.name: (0.8 * rng.normal(size=(1, num_draws, *site.shape))).astype(np.float32)
-             for site in model.sites(2, num_outputs)}
-    draws["scale.kernel"] = scale_spread * draws["scale.kernel"]
-    draws["scale.bias"] = 0.25 * draws["scale.bias"] + 1.0
-    standardizer = Standardizer(np.zeros(2), np.ones(2), np.full(num_outputs, 1.5),
-                                np.full(num_outputs, 2.0))
-    return bm.Posterior(model=model, method="svi", draws=draws, standardizer=standardizer)
+#: Random posteriors here have scales about 2 softplus(1 + 0.25 noise) unless said otherwise.
+random_posterior = functools.partial(_random_posterior, scale_spread=0.25)
 
 
 #: Inputs of the shared bimodal predictive: one size, so the kernels compile once for it.

@@ -47,7 +47,7 @@ from bayes_mdn.inference.svi import SviOptions, fit_svi
 from bayes_mdn.model import MDN
 from bayes_mdn.posterior import KINDS, Posterior
 
-__all__ = ["KINDS", "METHODS", "EnsembleOptions", "FitData", "FitFunction", "LaplaceOptions",
+__all__ = ["METHODS", "EnsembleOptions", "FitData", "FitFunction", "LaplaceOptions",
            "LogDensity", "MapOptions", "MethodEntry", "NutsOptions", "OptimOptions",
            "SviOptions", "fit", "log_density", "prepare_data"]
 

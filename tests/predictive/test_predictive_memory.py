@@ -11,8 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import exact_posterior
-from test_predictive import random_posterior
+from _posteriors import exact_posterior, random_posterior
 
 import bayes_mdn as bm
 from bayes_mdn import predictive
@@ -156,7 +155,7 @@ _PEAK_MEMORY_SCRIPT = textwrap.dedent("""
     import json, resource, sys
     import numpy as np
     sys.path.insert(0, sys.argv[1])
-    from conftest import exact_posterior
+    from _posteriors import exact_posterior
     S, K, M = 1000, 20, 10**6
     rng = np.random.default_rng(0)
     posterior = exact_posterior(rng.normal(size=(S, K)), rng.normal(size=(S, K)),
@@ -176,7 +175,7 @@ _PEAK_MEMORY_SCRIPT = textwrap.dedent("""
 def test_log_prob_at_scale_has_bounded_peak_memory(request):
     # Runs 2e10 (input, draw, component) terms: minutes on two CPU cores. A fresh process, so
     # that the peak resident size is not an earlier test's high-water mark.
-    tests_dir = str(request.path.parent)
+    tests_dir = str(request.path.parent.parent)  # tests/, where _posteriors.py is
     result = subprocess.run([sys.executable, "-c", _PEAK_MEMORY_SCRIPT, tests_dir],
                             capture_output=True, text=True, check=True, timeout=3600)
     report = json.loads(result.stdout.strip().splitlines()[-1])
