@@ -40,7 +40,6 @@ from jax.scipy.special import xlogy
 
 from bayes_mdn import numerics
 from bayes_mdn._validation import as_features, as_targets, check_positive_int, check_same_rows
-from bayes_mdn.families import Family
 from bayes_mdn.numerics import (  # re-exported: the names were defined here before
     CONSTANT_LOG_WEIGHTS,  # noqa: F401
     MAX_REFERENCE_CANDIDATES,  # noqa: F401
@@ -134,17 +133,12 @@ def _reference_data(posterior: Posterior, X: Any, y: Any, num_points: int
 # --------------------------------------------------------------------------- per-draw kernel
 def _scale_floor(model: MDN) -> float | None:
     """The scale (standardised units) at or below which a component sits on the floor."""
-    family = model.family
-    min_scale = getattr(family, "min_scale", None)
-    if not min_scale or getattr(family, "fixed_scale", None) is not None:
-        return None
-    return float(min_scale) * (1 + SCALE_FLOOR_TOLERANCE)
+    floor = model.family.scale_floor()
+    return None if floor is None else float(floor) * (1 + SCALE_FLOOR_TOLERANCE)
 
 
 def _has_quantiles(model: MDN) -> bool:
-    family = type(model.family)
-    return (family.marginal_icdf is not Family.marginal_icdf
-            and family.marginal_cdf is not Family.marginal_cdf)
+    return model.family.closed_form_cdf
 
 
 def _mixture_quantile(family, weights, params, level):

@@ -25,6 +25,13 @@ family                        support      parameters (links)                   
 :class:`NegativeBinomial`     0, 1, 2, ..  mean (exp), concentration (exp + floor)    no
 ============================  ===========  =========================================  ==========
 
+Every family declares its capabilities, which diagnostics, metrics and the predictive read
+instead of guessing: ``discrete``, ``support``, ``standardize_y``, ``closed_form_cdf``
+(per-dimension ``marginal_cdf`` and ``marginal_icdf`` exist), ``closed_form_crps`` and
+:meth:`Family.scale_floor`. Families are registered by name in :data:`FAMILIES`;
+:func:`register_family` adds a user-defined one, so that a saved posterior of a model using
+it loads again (:func:`bayes_mdn.load` rebuilds families from that registry).
+
 Families whose support is not the whole real line keep y in its original units
 (``standardize_y = False``), so their densities need no Jacobian. Outside the support every
 family's log-density is ``-inf`` (never NaN). Discrete families (``discrete = True``) give
@@ -34,6 +41,7 @@ quantiles are integers.
 
 from __future__ import annotations
 
+import abc
 import dataclasses
 import math
 from dataclasses import dataclass
@@ -48,6 +56,7 @@ from jax.scipy.special import betainc, gammainc, gammaincc, gammaln, ndtr, ndtri
 from bayes_mdn._validation import float_dtype
 
 __all__ = [
+    "FAMILIES",
     "Beta",
     "Family",
     "Gamma",
@@ -59,6 +68,7 @@ __all__ = [
     "Poisson",
     "StudentT",
     "family_from_config",
+    "register_family",
     "resolve_family",
 ]
 
@@ -305,8 +315,14 @@ class _MaskedNegativeBinomial(_CountMask, dist.NegativeBinomial2):
 
 # --------------------------------------------------------------------------- base class
 @dataclass(frozen=True)
-class Family:
-    """Base class of component families. Subclasses are frozen dataclasses (hashable)."""
+class Family(abc.ABC):
+    """Base class of component families. Subclasses are frozen dataclasses (hashable).
+
+    A subclass implements at least :meth:`head_dims`, :meth:`constrain` and
+    :meth:`distribution`, and declares its capabilities in the class attributes below;
+    ``closed_form_cdf`` defaults to whether it overrides both :meth:`marginal_cdf` and
+    :meth:`marginal_icdf`. Register it with :func:`register_family` to save and load it.
+    """
 
     name: ClassVar[str] = "family"
     #: Whether y is standardised (shifted and scaled) before fitting. True for
@@ -316,11 +332,31 @@ class Family:
     discrete: ClassVar[bool] = False
     #: Closed range (lower, upper) containing the support of every output, in original units.
     support: ClassVar[tuple[float, float]] = (-math.inf, math.inf)
+    #: Whether :meth:`marginal_cdf` and :meth:`marginal_icdf` are implemented in closed
+    #: form (predictive cdf and quantiles, function-space quantiles in diagnostics).
+    closed_form_cdf: ClassVar[bool] = False
+    #: Whether the CRPS of a mixture of these components has a closed form (Normal).
+    closed_form_crps: ClassVar[bool] = False
+    #: The fewest outputs D the family models (2 for a multivariate Normal).
+    min_outputs: ClassVar[int] = 1
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "closed_form_cdf" not in cls.__dict__:
+            cls.closed_form_cdf = (cls.marginal_cdf is not Family.marginal_cdf
+                                   and cls.marginal_icdf is not Family.marginal_icdf)
+
+    def scale_floor(self) -> float | None:
+        """The floor of the components' ``scale`` parameter in standardised units, or None
+        when the family has no floored ``scale`` (diagnostics report scales at the floor)."""
+        return None
+
+    @abc.abstractmethod
     def head_dims(self, num_outputs: int) -> dict[str, int]:
         """Per-component width of each head, e.g. ``{"loc": D, "scale": D}``."""
         raise NotImplementedError
 
+    @abc.abstractmethod
     def constrain(self, raw: Params, y_scale: jax.Array,
                   latents: Params | None = None) -> Params:
         """Map raw head outputs (..., K, d) to parameters in standardised units.
@@ -354,6 +390,7 @@ class Family:
             raise NotImplementedError
         return params
 
+    @abc.abstractmethod
     def distribution(self, params: Params) -> dist.Distribution:
         """NumPyro distribution with batch shape (..., K) and event shape (D,)."""
         raise NotImplementedError
@@ -384,10 +421,12 @@ class Family:
 
     def check_support(self, y: np.ndarray, name: str = "y") -> None:
         """Raise ValueError naming the rows of `y` (N, D) outside the family's support."""
+        return None  # every value is in the support of a real-line family
 
     def check_moments(self, order: int) -> None:
         """Raise ValueError if the moment of this `order` (1 mean, 2 variance) does not exist
         for any parameter value of this family (e.g. the mean of a Cauchy)."""
+        return None  # every moment exists by default
 
     def to_config(self) -> dict[str, Any]:
         """JSON-serialisable description, inverted by :func:`family_from_config`."""
@@ -410,8 +449,14 @@ class Normal(Family):
     """
 
     name: ClassVar[str] = "normal"
+    closed_form_crps: ClassVar[bool] = True
     min_scale: float = 1e-3
     fixed_scale: float | None = None
+
+    def scale_floor(self) -> float | None:
+        if self.fixed_scale is not None or not self.min_scale:
+            return None
+        return float(self.min_scale)
 
     def __post_init__(self) -> None:
         if not (np.isfinite(self.min_scale) and self.min_scale >= 0):
@@ -480,6 +525,9 @@ class _LocationScale(Family):
 
     def __post_init__(self) -> None:
         _check_number(self.min_scale, "min_scale")
+
+    def scale_floor(self) -> float | None:
+        return float(self.min_scale) if self.min_scale else None
 
     def head_dims(self, num_outputs: int) -> dict[str, int]:
         return {"loc": num_outputs, "scale": num_outputs}
@@ -714,9 +762,13 @@ class MultivariateNormal(Family):
     """
 
     name: ClassVar[str] = "multivariate_normal"
+    min_outputs: ClassVar[int] = 2
     covariance: str = "full"
     num_outputs: int | None = None
     min_scale: float = 1e-3
+
+    def scale_floor(self) -> float | None:
+        return float(self.min_scale) if self.min_scale else None
 
     def __post_init__(self) -> None:
         if self.covariance not in ("full", "diagonal"):
@@ -837,6 +889,9 @@ class LogNormal(Family):
     standardize_y: ClassVar[bool] = False
     support: ClassVar[tuple[float, float]] = (0.0, math.inf)
     min_scale: float = 1e-3
+
+    def scale_floor(self) -> float | None:
+        return float(self.min_scale) if self.min_scale else None
 
     def __post_init__(self) -> None:
         _check_number(self.min_scale, "min_scale")
@@ -1153,7 +1208,9 @@ class NegativeBinomial(_Counts):
                                                    self.min_concentration).reshape(-1)}
 
 
-_FAMILIES: dict[str, type[Family]] = {
+#: The family registry: name (``Family.name``, as written by ``to_config``) -> class. Add a
+#: user-defined family with :func:`register_family`.
+FAMILIES: dict[str, type[Family]] = {
     "normal": Normal,
     "studentt": StudentT,
     "laplace": Laplace,
@@ -1164,6 +1221,7 @@ _FAMILIES: dict[str, type[Family]] = {
     "poisson": Poisson,
     "negative_binomial": NegativeBinomial,
 }
+_FAMILIES = FAMILIES  # the registry's former name
 #: Extra spellings accepted by :func:`resolve_family` (never written by ``to_config``).
 _ALIASES: dict[str, str] = {
     "student_t": "studentt",
@@ -1173,6 +1231,42 @@ _ALIASES: dict[str, str] = {
     "negativebinomial": "negative_binomial",
     "negbin": "negative_binomial",
 }
+
+
+def register_family(cls: type[Family]) -> type[Family]:
+    """Register a family class under its ``name``, so that models using it save and load.
+
+    Usable as a class decorator. Registering the same class again is a no-op.
+
+    Parameters
+    ----------
+    cls : type
+        A frozen-dataclass subclass of :class:`Family` with a ``name`` of its own.
+
+    Returns
+    -------
+    type
+        `cls`, unchanged.
+
+    Raises
+    ------
+    TypeError
+        If `cls` is not a dataclass subclass of Family.
+    ValueError
+        If its name is the base class's or already names another family.
+    """
+    if not (isinstance(cls, type) and issubclass(cls, Family) and dataclasses.is_dataclass(cls)):
+        raise TypeError("register_family takes a @dataclass(frozen=True) subclass of "
+                        f"bayes_mdn.families.Family; got {cls!r}.")
+    name = cls.name
+    if not isinstance(name, str) or name == Family.name or "name" not in cls.__dict__:
+        raise ValueError(f"{cls.__name__} needs a name of its own: set the class attribute "
+                         "`name: ClassVar[str] = \"my_family\"`.")
+    if FAMILIES.get(name, cls) is not cls:
+        raise ValueError(f"The family name {name!r} is taken by {FAMILIES[name].__name__}; "
+                         f"choose another `name` for {cls.__name__}.")
+    FAMILIES[name] = cls
+    return cls
 
 
 def resolve_family(family: str | Family) -> Family:
@@ -1187,9 +1281,9 @@ def resolve_family(family: str | Family) -> Family:
     if isinstance(family, str):
         key = family.lower()
         key = _ALIASES.get(key, key)
-        if key not in _FAMILIES:
-            raise ValueError(f"Unknown family {family!r}; choose one of {sorted(_FAMILIES)}.")
-        return _FAMILIES[key]()
+        if key not in FAMILIES:
+            raise ValueError(f"Unknown family {family!r}; choose one of {sorted(FAMILIES)}.")
+        return FAMILIES[key]()
     raise TypeError(
         f"`family` must be a family name such as 'normal' or an instance like "
         f"bayes_mdn.families.Normal(); got {type(family).__name__}."
@@ -1200,6 +1294,8 @@ def family_from_config(config: dict[str, Any]) -> Family:
     """Rebuild a family from :meth:`Family.to_config` output."""
     options = dict(config)
     name = options.pop("name", None)
-    if name not in _FAMILIES:
-        raise ValueError(f"Unknown family {name!r} in saved configuration.")
-    return _FAMILIES[name](**options)
+    if name not in FAMILIES:
+        raise ValueError(f"Unknown family {name!r} in saved configuration. If it is a family "
+                         "defined in your code, register it before loading: "
+                         "bayes_mdn.families.register_family(MyFamily).")
+    return FAMILIES[name](**options)

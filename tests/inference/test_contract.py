@@ -81,7 +81,7 @@ def _fit(method: str, data, **extra) -> bm.Posterior:
 
 
 # --------------------------------------------------------------------------- the contract
-def test_method_contract(method, data, tmp_path, request):
+def test_method_contract(method, data, tmp_path):
     entry = METHODS[method]
     assert entry.kind in KINDS
     assert dataclasses.is_dataclass(entry.options)
@@ -133,10 +133,6 @@ def test_method_contract(method, data, tmp_path, request):
     if not entry.checkpoint:
         return
     assert checkpoint.is_file()
-    if method == "nuts":
-        request.applymarker(pytest.mark.xfail(
-            strict=True, reason="resuming a finished NUTS checkpoint (nothing left to draw) "
-            "fails in numpyro's sample_fn (vmap over a rank-0 value): a bug in nuts.py"))
     again = _fit(method, data, resume=checkpoint)
     for name, value in posterior.draws.items():
         np.testing.assert_array_equal(np.asarray(again.draws[name]), np.asarray(value),
