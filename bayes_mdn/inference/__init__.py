@@ -50,6 +50,7 @@ METHODS: dict[str, tuple[type, Callable[..., Posterior]]] = {
     "svi": (SviOptions, fit_svi),
     "laplace": (LaplaceOptions, fit_laplace),
     "nuts": (NutsOptions, fit_nuts),
+    "sgmcmc": __import__("bayes_mdn.inference.sgmcmc", fromlist=["ENTRY"]).ENTRY,
 }
 
 
