@@ -8,8 +8,9 @@ import pytest
 from test_conjugate import SIGMA, closed_form, coefficient_draws, linear_model
 
 import bayes_mdn as bm
+import bayes_mdn.inference.sgmcmc as sgmcmc_module
 from bayes_mdn.inference import METHODS
-from bayes_mdn.inference.sgmcmc import SgmcmcOptions, _program
+from bayes_mdn.inference.sgmcmc import SgmcmcOptions, _program, fit_sgmcmc
 
 SMALL = dict(num_chains=2, num_cycles=2, num_steps_per_cycle=40, num_samples_per_cycle=5,
              thinning=2)
@@ -39,7 +40,7 @@ def small_fit(mdn_data):
 
 
 def test_registered():
-    assert METHODS["sgmcmc"] == (SgmcmcOptions, METHODS["sgmcmc"][1])
+    assert METHODS["sgmcmc"] == (SgmcmcOptions, fit_sgmcmc)
 
 
 @pytest.mark.parametrize(("options", "error", "match"), [
@@ -66,7 +67,7 @@ def test_invalid_options_fail_before_fitting(mdn_data):
     model = bm.MDN(num_components=2, hidden_sizes=(4,))
     with pytest.raises(ValueError, match="friction"):
         model.fit(X, y, key=jax.random.key(0), method="sgmcmc", friction=2.0)
-    with pytest.raises(TypeError, match="unknown options.*num_warmup"):
+    with pytest.raises(TypeError, match=r"unknown options.*num_warmup"):
         model.fit(X, y, key=jax.random.key(0), method="sgmcmc", num_warmup=10)
     with pytest.raises(ValueError, match=r"`batch_size` \(1000\) must not exceed .* \(270\)"):
         model.fit(X, y, key=jax.random.key(0), method="sgmcmc", batch_size=1000, **SMALL)
@@ -120,6 +121,19 @@ def test_same_key_same_draws_and_one_compilation(mdn_data, small_fit):
     assert not np.allclose(np.asarray(other.draws[name]), np.asarray(small_fit.draws[name]))
 
 
+def test_training_score_on_a_bounded_row_subset(mdn_data, monkeypatch):
+    X, y = mdn_data
+    model = bm.MDN(num_components=3, hidden_sizes=(8,))
+    full = model.fit(X, y, key=jax.random.key(1), method="sgmcmc", batch_size=64, **SMALL)
+    monkeypatch.setattr(sgmcmc_module, "MAX_SCORE_ROWS", 100)
+    part = model.fit(X, y, key=jax.random.key(1), method="sgmcmc", batch_size=64, **SMALL)
+    assert (full.info["train_score_rows"], part.info["train_score_rows"]) == (270, 100)
+    # The same draws, scored on 100 evenly spaced rows: close to, not equal to, all 270.
+    full_ll = full.history["train_log_likelihood"][0]
+    part_ll = part.history["train_log_likelihood"][0]
+    assert full_ll != part_ll and abs(full_ll - part_ll) < 0.5
+
+
 def test_save_load_round_trip(tmp_path, small_fit, mdn_data):
     path = tmp_path / "fit.bmdn"
     small_fit.save(path)
@@ -151,7 +165,7 @@ def test_init_from_a_map_fit(regression_data):
                      temperature=0.0, step_size=1e-6, **SMALL)
     assert post.info["init"] == "map"
     expected = np.broadcast_to(np.asarray(map_fit.draws["loc.kernel"])[0, 0],
-                               post.draws["loc.kernel"].shape[:2] + (3, 1))
+                               (*post.draws["loc.kernel"].shape[:2], 3, 1))
     np.testing.assert_allclose(np.asarray(post.draws["loc.kernel"]), expected, atol=1e-4)
 
 
