@@ -75,9 +75,10 @@ def test_invalid_options_fail_before_fitting(mdn_data):
 
 def test_non_finite_chains_raise(mdn_data):
     X, y = mdn_data
-    model = bm.MDN(num_components=2, hidden_sizes=(4,))
+    model = bm.MDN(num_components=3, hidden_sizes=(8,))  # small_fit's compiled program
     with pytest.raises(FloatingPointError, match="lower `step_size`"):
-        model.fit(X, y, key=jax.random.key(0), method="sgmcmc", step_size=1e6, **SMALL)
+        model.fit(X, y, key=jax.random.key(0), method="sgmcmc", step_size=1e6, batch_size=64,
+                  **SMALL)
 
 
 def test_shapes_stats_and_info(small_fit):
@@ -191,3 +192,11 @@ def test_conjugate_posterior(regression_data, batch_size, step_size):
     np.testing.assert_allclose(beta.std(0) / sd, 1.0, atol=0.12)
     correlation = np.corrcoef(beta.T)
     np.testing.assert_allclose(correlation, covariance / np.outer(sd, sd), atol=0.1)
+
+
+def test_to_arviz_sample_stats(small_fit):
+    data = small_fit.to_arviz()
+    stats = data.sample_stats
+    assert stats["lp"].shape == (2, 10) and stats["cycle"].shape == (2, 10)
+    np.testing.assert_allclose(stats["lp"].values,
+                               -np.asarray(small_fit.sample_stats["potential_energy"]))
