@@ -22,7 +22,9 @@
     5 ms during the cycles, its peak above the RSS when the cycles start (flat per step:
     the same for 1x and 2x steps and at every N), and the process's peak above the baseline
     (a process that imported and made the data). Time: seconds per step at each N (flat in
-    N) and the 2x / 1x cycle-time ratio (linear in steps: 2).
+    N) and the 2x / 1x cycle-time ratio (linear in steps: 2), in wall-clock seconds (the
+    fastest of ``REPEATS`` warm fits) and in the process's CPU seconds (user + system), which
+    other processes' load on a shared machine disturbs far less.
 
     PYTHONPATH=$PWD python benchmarks/sgmcmc_seed.py [--quick] [--part a b]
         [--sizes 1e4 1e5 1e6] [--cycles 2] [--steps-per-cycle 500] [--batch-size 1000]
@@ -37,6 +39,7 @@ import argparse
 import dataclasses
 import json
 import os
+import resource
 import subprocess
 import sys
 import time
@@ -163,6 +166,13 @@ def seed_part(quick: bool) -> dict[str, Any]:
 
 
 # ----------------------------------------------------------------------------- (b) scale
+def cpu_s() -> float:
+    """CPU seconds (user + system, every thread) of this process so far: on a shared
+    machine far less sensitive to other processes' load than wall-clock seconds."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 def scale_worker(num_rows: int, cycles: int, steps_per_cycle: int, batch_size: int
                  ) -> dict[str, Any]:
     """One N, in this (fresh) process: cold fit of one cycle, warm fits of `cycles` and
@@ -188,10 +198,10 @@ def scale_worker(num_rows: int, cycles: int, steps_per_cycle: int, batch_size: i
         def cycle(*cycle_args: Any):
             if not marks:
                 monitor.reset()
-            start, start_rss = time.perf_counter(), monitor.current()
+            start, start_rss, start_cpu = time.perf_counter(), monitor.current(), cpu_s()
             out = jax.block_until_ready(program.cycle(*cycle_args))
             marks.append({"start": start, "start_rss": start_rss, "end": time.perf_counter(),
-                          "peak": monitor.peak()})
+                          "peak": monitor.peak(), "cpu": cpu_s() - start_cpu})
             return out
 
         return dataclasses.replace(program, cycle=cycle)
@@ -214,13 +224,16 @@ def scale_worker(num_rows: int, cycles: int, steps_per_cycle: int, batch_size: i
             total_s = time.perf_counter() - begin
             steps = count * steps_per_cycle
             cycles_s = marks[-1]["end"] - marks[0]["start"]
+            cycles_cpu_s = sum(m["cpu"] for m in marks)
             runs.append({"num_steps": steps, "total_s": total_s, "cycles_s": cycles_s,
-                         "s_per_step": cycles_s / steps,
+                         "s_per_step": cycles_s / steps, "cycles_cpu_s": cycles_cpu_s,
+                         "cpu_s_per_step": cycles_cpu_s / steps,
                          "cycles_peak_above_start_MB": (max(m["peak"] for m in marks)
                                                         - marks[0]["start_rss"]) / MB,
                          "train_ll": float(posterior.history["train_log_likelihood"][-1])})
         fits[label] = min(runs, key=lambda run: run["cycles_s"])
         fits[label]["cycles_s_all"] = [run["cycles_s"] for run in runs]
+        fits[label]["cycles_cpu_s_all"] = [run["cycles_cpu_s"] for run in runs]
     return {"num_rows": num_rows, "batch_size": batch_size, "steps_per_cycle": steps_per_cycle,
             "data_MB": (X.nbytes + y.nbytes) / MB, "cold_s": cold_s,
             "baseline_peak_MB": baseline_peak / MB,
@@ -244,9 +257,14 @@ def scale_part(sizes: list[int], cycles: int, steps_per_cycle: int, batch_size: 
     for row in rows:
         row["s_per_step_vs_smallest_N"] = row["1x_s_per_step"] / first["1x_s_per_step"]
         row["2x_over_1x_cycles_s"] = row["2x_cycles_s"] / row["1x_cycles_s"]
+        row["cpu_s_per_step_vs_smallest_N"] = (row["1x_cpu_s_per_step"]
+                                               / first["1x_cpu_s_per_step"])
+        row["2x_over_1x_cycles_cpu_s"] = row["2x_cycles_cpu_s"] / row["1x_cycles_cpu_s"]
     summary = {
         "max_s_per_step_vs_smallest_N": max(r["s_per_step_vs_smallest_N"] for r in rows),
         "2x_over_1x_cycles_s": [r["2x_over_1x_cycles_s"] for r in rows],
+        "cpu_s_per_step_vs_smallest_N": [r["cpu_s_per_step_vs_smallest_N"] for r in rows],
+        "2x_over_1x_cycles_cpu_s": [r["2x_over_1x_cycles_cpu_s"] for r in rows],
         "max_cycles_peak_above_start_MB": max(max(r["1x_cycles_peak_above_start_MB"],
                                                   r["2x_cycles_peak_above_start_MB"])
                                               for r in rows),

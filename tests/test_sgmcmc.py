@@ -180,11 +180,16 @@ CONJUGATE = dict(num_chains=4, num_cycles=10, num_steps_per_cycle=1000,
                  num_samples_per_cycle=100, thinning=4)
 
 
-@pytest.mark.parametrize(("batch_size", "step_size"), [(None, 0.05), (30, 0.005)])
-def test_conjugate_posterior(regression_data, batch_size, step_size):
+@pytest.mark.parametrize(("batch_size", "step_size", "friction"), [
+    (None, 0.05, 0.1), (30, 0.005, 0.1),
+    # friction 1 is cyclical SGLD
+    pytest.param(None, 0.05, 1.0, marks=pytest.mark.slow),
+])
+def test_conjugate_posterior(regression_data, batch_size, step_size, friction):
     X, y = regression_data
     post = linear_model().fit(X, y, key=jax.random.key(3), method="sgmcmc",
-                              batch_size=batch_size, step_size=step_size, **CONJUGATE)
+                              batch_size=batch_size, step_size=step_size, friction=friction,
+                              **CONJUGATE)
     mean, covariance = closed_form(X, y)
     sd = np.sqrt(np.diag(covariance))
     beta = coefficient_draws(post).reshape(-1, 4)
