@@ -15,6 +15,8 @@ module plus one line in ``METHODS``; see the architecture page of the docs.
 ``"laplace"``  Gaussian at the MAP point with the inverse Hessian as covariance
                (:class:`LaplaceOptions`)
 ``"nuts"``     multi-chain No-U-Turn sampler (:class:`NutsOptions`)
+``"sgmcmc"``   cyclical stochastic-gradient HMC on minibatches, several chains
+               (:class:`SgmcmcOptions`)
 =============  ==========================================================================
 
 Several devices: the optimisation-based methods take ``shard_data`` (the training rows split
@@ -43,13 +45,14 @@ from bayes_mdn.inference.laplace import LaplaceOptions, fit_laplace
 from bayes_mdn.inference.log_density import LogDensity, log_density
 from bayes_mdn.inference.map import EnsembleOptions, MapOptions, fit_ensemble, fit_map
 from bayes_mdn.inference.nuts import NutsOptions, fit_nuts
+from bayes_mdn.inference.sgmcmc import SgmcmcOptions, fit_sgmcmc
 from bayes_mdn.inference.svi import SviOptions, fit_svi
 from bayes_mdn.model import MDN
 from bayes_mdn.posterior import KINDS, Posterior
 
 __all__ = ["METHODS", "EnsembleOptions", "FitData", "FitFunction", "LaplaceOptions",
            "LogDensity", "MapOptions", "MethodEntry", "NutsOptions", "OptimOptions",
-           "SviOptions", "fit", "log_density", "prepare_data"]
+           "SgmcmcOptions", "SviOptions", "fit", "log_density", "prepare_data"]
 
 #: The one signature of a method's fit function: ``fit(model, data, key, options)`` with the
 #: validated, standardised :class:`FitData`, a PRNG key and the method's options dataclass,
@@ -93,6 +96,7 @@ METHODS: dict[str, MethodEntry] = {
     "svi": MethodEntry(SviOptions, fit_svi, "independent", checkpoint=True),
     "laplace": MethodEntry(LaplaceOptions, fit_laplace, "independent", checkpoint=True),
     "nuts": MethodEntry(NutsOptions, fit_nuts, "chains", checkpoint=True),
+    "sgmcmc": MethodEntry(SgmcmcOptions, fit_sgmcmc, "chains"),
 }
 
 
