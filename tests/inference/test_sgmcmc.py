@@ -40,7 +40,8 @@ def small_fit(mdn_data):
 
 
 def test_registered():
-    assert METHODS["sgmcmc"] == (SgmcmcOptions, fit_sgmcmc)
+    entry = METHODS["sgmcmc"]
+    assert (entry.options, entry.fit, entry.kind) == (SgmcmcOptions, fit_sgmcmc, "chains")
 
 
 @pytest.mark.parametrize(("options", "error", "match"), [
