@@ -59,7 +59,7 @@ def test_parquet_to_parquet_matches_in_memory(posterior, table, tmp_path):
 
 
 def test_csv_to_csv_and_batch_size_does_not_matter(posterior, table, tmp_path):
-    path, ids, x = table
+    _, ids, x = table
     source = tmp_path / "catalogue.csv"
     pd.DataFrame({"id": ids, "x": x}).to_csv(source, index=False)
     one = tmp_path / "one.csv"
