@@ -11,6 +11,7 @@ from bayes_mdn.io import load
 from bayes_mdn.model import MDN
 from bayes_mdn.posterior import Posterior
 from bayes_mdn.predictive import PredictiveMixture
+from bayes_mdn.tables import predict_table
 
 __version__ = "0.1.0"
 
@@ -29,6 +30,7 @@ __all__ = [
     "load",
     "metrics",
     "plotting",
+    "predict_table",
     "priors",
 ]
 
