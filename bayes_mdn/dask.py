@@ -191,6 +191,8 @@ def predict_parquet(
     posterior: Posterior,
     source: str | os.PathLike,
     dest: str | os.PathLike,
+    *,
+    split_row_groups: bool | str = True,
     **options: Any,
 ) -> None:
     """Predict a Parquet dataset (a file, a folder of files or a glob) into a Parquet folder.
@@ -205,10 +207,13 @@ def predict_parquet(
         Anything ``dask.dataframe.read_parquet`` reads.
     dest : str or path-like
         Output folder (one Parquet file per partition); an existing one is replaced.
+    split_row_groups : bool or str
+        Passed to ``dask.dataframe.read_parquet``: True (default) makes one partition per
+        row group, so that one large file is spread over the workers too.
     **options
         As for :func:`predict_dask`.
     """
-    frame = dask.dataframe.read_parquet(str(source))
+    frame = dask.dataframe.read_parquet(str(source), split_row_groups=split_row_groups)
     result = predict_dask(posterior, frame, **options)
     dest = Path(dest)
     if dest.exists() and not dest.is_dir():
