@@ -4,7 +4,8 @@ Model: the seed's MDN (K = ``--num-components`` Normal components, default 20, h
 layers (15, 15), tanh, fan-in Normal priors), fitted by MAP on 4000 rows of the seed's data
 (a MAP fit keeps quantiles cheap: one draw). Catalogue: ``--rows`` inputs x from the seed's
 generator (y ~ U(-10.5, 10.5), x = 7 sin(0.75 y) + 0.5 y + N(0, 1)) plus an int64 ``id``
-column, written in row groups of min(10^6, rows / 10) rows (one Dask partition each); and the same for ``--small-rows``.
+column, in row groups of min(10^6, rows / 10) rows (one Dask partition each); and the same
+for ``--small-rows``.
 
 1. Streaming. A fresh subprocess per file loads the fit and runs
    ``bm.predict_table(post, source, dest, keep=["id"], outputs=["quantiles"],
