@@ -585,6 +585,7 @@ def _evaluation_figures(posterior, X: np.ndarray, y: np.ndarray, pit: np.ndarray
         for panel, (ax, row) in enumerate(zip(axes.ravel(), picks, strict=True)):
             plotting.plot_mixture(chosen, panel, true_value=float(y[row, 0]), ax=ax)
             ax.set_title(f"row {row + 1}: {y_names[0]} = {y[row, 0]:.3g}")
+            ax.set_xlabel(y_names[0])
     fig.tight_layout()
     fig.savefig(out / "conditional_density.png", dpi=110)
     plt.close(fig)
