@@ -219,6 +219,29 @@ def _compare(stream_path: Path, dask_path: Path) -> dict:
             "identical_fraction": equal / total, "max_abs_difference": largest}
 
 
+def _pairs(folder: Path, count: int, rows: int, batch_rows: int, write_results) -> None:
+    """Interleaved in-memory and streaming runs on the same rows: on a machine whose load
+    swings, neighbours in time see similar load, so their wall-clock ratio is fairer."""
+    fit, source = folder / "fit.bmdn", folder / f"catalogue_{rows}.parquet"
+    if not source.exists():
+        _catalogue(source, rows, 3)
+    table, ratios, cpu_ratios = [], [], []
+    for index in range(count):
+        memory = _run_child("memory", fit=fit, source=source, rows=rows)
+        stream = _run_child("stream", fit=fit, source=source, batch_rows=batch_rows,
+                            dest=folder / "pair_out.parquet")
+        ratios.append(stream["rows_per_second"] / memory["rows_per_second"])
+        cpu_ratios.append(stream["rows_per_cpu_second"] / memory["rows_per_cpu_second"])
+        table.append({"pair": index + 1, "rows": rows,
+                      "in-memory rows/s": memory["rows_per_second"],
+                      "streaming rows/s": stream["rows_per_second"], "ratio": ratios[-1],
+                      "ratio (CPU)": cpu_ratios[-1], "load": _load()[0]})
+        print(table[-1], flush=True)
+    table.append({"pair": "median", "ratio": float(np.median(ratios)),
+                  "ratio (CPU)": float(np.median(cpu_ratios))})
+    write_results("catalogue_pairs", {"rows": rows, "pairs": count}, table)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true")
@@ -233,6 +256,9 @@ def main() -> None:
     parser.add_argument("--dask-rows", type=float, default=None,
                         help="rows of the Dask comparison (default --rows)")
     parser.add_argument("--skip-dask", action="store_true")
+    parser.add_argument("--pairs", type=int, default=0,
+                        help="only: N interleaved (in-memory, streaming) pairs on the "
+                             "--memory-rows file of --workdir, written to catalogue_pairs.*")
     parser.add_argument("--workdir", default=None, help="folder for the generated files")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--fit", default=None, help=argparse.SUPPRESS)
@@ -251,6 +277,9 @@ def main() -> None:
 
     folder = Path(args.workdir or tempfile.mkdtemp(prefix="bmdn-catalogue-"))
     folder.mkdir(parents=True, exist_ok=True)
+    if args.pairs:
+        _pairs(folder, args.pairs, memory_rows, args.batch_rows, write_results)
+        return
     load_start = _load()
     fit = folder / "fit.bmdn"
     _fit(fit, args.num_steps, args.num_components)
