@@ -11,6 +11,7 @@ from bayes_mdn.io import load
 from bayes_mdn.model import MDN
 from bayes_mdn.posterior import Posterior
 from bayes_mdn.predictive import PredictiveMixture
+from bayes_mdn.tables import predict_table
 
 __version__ = "0.1.0"
 
@@ -30,6 +31,7 @@ __all__ = [
     "log_density",
     "metrics",
     "plotting",
+    "predict_table",
     "priors",
 ]
 

@@ -44,7 +44,7 @@ def test_fit_then_predict_csv(tmp_path, csv_file):
     predictions = tmp_path / "pred.csv"
     assert main(["predict", str(model_path), str(csv_file), "--out", str(predictions)]) == 0
     table = np.loadtxt(predictions, delimiter=",", skiprows=1)
-    assert table.shape == (300, 4)
+    assert table.shape == (300, 4)  # mean and three quantiles; no id column in this file
     assert np.all(table[:, 1] <= table[:, 2]) and np.all(table[:, 2] <= table[:, 3])
 
 
@@ -129,8 +129,10 @@ def fitted_model(tmp_path_factory):
     folder = tmp_path_factory.mktemp("cli_model")
     rng = np.random.default_rng(1)
     data = folder / "train.csv"
-    table = np.column_stack([rng.normal(size=60), rng.normal(size=60), rng.normal(size=60)])
-    np.savetxt(data, table, delimiter=",", header="a,b,target", comments="")
+    table = np.column_stack([np.arange(60), rng.normal(size=60), rng.normal(size=60),
+                             rng.normal(size=60)])
+    np.savetxt(data, table, delimiter=",", header="id,a,b,target", comments="",
+               fmt=["%d", "%.17g", "%.17g", "%.17g"])
     model_path = folder / "fit.bmdn"
     assert main(["fit", str(data), "--y", "target", "--out", str(model_path),
                  "--components", "2", "--hidden", "4", "--num-steps", "20"]) == 0
@@ -142,43 +144,270 @@ def test_fit_records_column_names_and_predict_uses_them(tmp_path, fitted_model):
 
     model_path, table = fitted_model
     posterior = bm.load(model_path)
-    assert posterior.info["feature_names"] == ["a", "b"]
+    assert posterior.info["feature_names"] == ["a", "b"]  # "id" is dropped by default
     assert posterior.info["target_names"] == ["target"]
     assert not (tmp_path / "fit.bmdn.columns.json").exists()
     # Columns in another order, plus an extra one: selected by name.
     shuffled = tmp_path / "new.csv"
-    np.savetxt(shuffled, np.column_stack([table[:5, 2], table[:5, 1], table[:5, 0]]),
+    np.savetxt(shuffled, np.column_stack([table[:5, 3], table[:5, 2], table[:5, 1]]),
                delimiter=",", header="other,b,a", comments="")
     out = tmp_path / "pred.csv"
     assert main(["predict", str(model_path), str(shuffled), "--out", str(out)]) == 0
-    assert out.read_text().splitlines()[0] == ("mean_target,q05_target,median_target,"
-                                               "q95_target")
+    assert out.read_text().splitlines()[0].replace('"', "") == (
+        "mean_target,q0.05_target,q0.5_target,q0.95_target")
     predicted = np.loadtxt(out, delimiter=",", skiprows=1)
-    expected = posterior.predictive(table[:5, :2]).mean()[:, 0]
+    expected = posterior.predictive(table[:5, 1:3]).mean()[:, 0]
     np.testing.assert_allclose(predicted[:, 0], expected, rtol=1e-6)
+
+
+def test_predict_parquet_keeps_ids_and_every_option(tmp_path, fitted_model):
+    import pandas as pd
+
+    import bayes_mdn as bm
+
+    model_path, table = fitted_model
+    source = tmp_path / "catalogue.parquet"
+    pd.DataFrame({"id": table[:, 0].astype(int) + 7, "a": table[:, 1], "b": table[:, 2]}
+                 ).to_parquet(source)
+    out = tmp_path / "pz.parquet"
+    assert main(["predict", str(model_path), str(source), "--out", str(out), "--outputs",
+                 "median,interval,samples", "--quantiles", "0.1,0.9", "--grid=-2:2:3",
+                 "--reduce", "2", "--batch-rows", "16", "--num-samples", "2",
+                 "--no-progress"]) == 0
+    frame = pd.read_parquet(out)
+    np.testing.assert_array_equal(frame["id"], table[:, 0].astype(int) + 7)
+    assert list(frame.columns) == [
+        "id", "median_target", "lower0.9_target", "upper0.9_target", "sample1_target",
+        "sample2_target", "weight1_target", "loc1_target", "scale1_target", "weight2_target",
+        "loc2_target", "scale2_target", "log_density_-2", "log_density_0", "log_density_2"]
+    posterior = bm.load(model_path)
+    np.testing.assert_allclose(frame["median_target"],
+                               posterior.predictive(table[:, 1:3]).quantiles(0.5)[0, :, 0],
+                               rtol=1e-6, atol=1e-6)
+
+
+def _assert_one_line_error(capsys, message):
+    error = capsys.readouterr().err.strip()
+    assert message in error, error
+    assert "\n" not in error and "Traceback" not in error
 
 
 @pytest.mark.parametrize(
     ("content", "message"),
     [
         ("a,c\n1,2\n", "has no column(s) ['b']; columns are ['a', 'c']"),
-        ("a,b\n1,x\n", "line 2, column 'b': not a number: 'x'"),
+        ("a,b\n1,x\n", "CSV conversion error to double: invalid value 'x'"),
         ("", "is empty"),
-        ("a,b\n1\n", "line 2: 1 fields, expected 2"),
+        ("a,b\n1\n", "Expected 2 columns, got 1"),
+        ("a,b,c\n1,2,3\n4,5\n", "Expected 3 columns, got 2"),
+        ("a,b\n1,\n", "input column 'b' has a missing value in data row 1"),
+        ("a,b\n", "has no data rows"),
     ],
 )
-def test_malformed_predict_csv_exits_2(tmp_path, capsys, fitted_model, content, message):
+def test_malformed_predict_input_exits_2_and_writes_nothing(tmp_path, capsys, fitted_model,
+                                                            content, message):
     model_path, _ = fitted_model
     path = tmp_path / "bad.csv"
     path.write_text(content)
-    assert main(["predict", str(model_path), str(path), "--out", str(tmp_path / "p.csv")]) == 2
-    error = capsys.readouterr().err.strip()
-    assert message in error and "\n" not in error and "Traceback" not in error
+    out = tmp_path / "p.parquet"
+    assert main(["predict", str(model_path), str(path), "--out", str(out)]) == 2
+    _assert_one_line_error(capsys, message)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.csv"]
+
+
+def test_truncated_parquet_exits_2_and_writes_nothing(tmp_path, capsys, fitted_model):
+    import pandas as pd
+
+    model_path, table = fitted_model
+    source = tmp_path / "in.parquet"
+    pd.DataFrame({"a": table[:, 1], "b": table[:, 2]}).to_parquet(source)
+    content = source.read_bytes()
+    source.write_bytes(content[: len(content) - 40])
+    assert main(["predict", str(model_path), str(source), "--out",
+                 str(tmp_path / "p.csv")]) == 2
+    _assert_one_line_error(capsys, "is not a readable Parquet file (truncated or corrupted?)")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.parquet"]
+    assert main(["evaluate", str(model_path), str(source)]) == 2
+    _assert_one_line_error(capsys, "is not a readable Parquet file")
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--outputs", "mean,average"], "--outputs: unknown summary ['average']"),
+        (["--quantiles", "0.1,x"], "--quantiles must be comma-separated numbers"),
+        (["--quantiles", "0.1,1.5"], "must be levels strictly between 0 and 1"),
+        (["--grid", "0:1"], "--grid must be start:stop:num"),
+        (["--batch-rows", "0"], "--batch-rows must be at least 1"),
+        (["--keep", "name"], "has no column(s) ['name']"),
+        (["--x", "a"], "`inputs` names 1 columns; the model was fitted on 2 features"),
+        (["--out", "p.txt2"], "Cannot tell the output format"),
+        (["--format", "xls"], "argument --format: invalid choice: 'xls'"),
+    ],
+)
+def test_bad_predict_options_exit_2(tmp_path, capsys, fitted_model, extra, message):
+    model_path, table = fitted_model
+    source = tmp_path / "in.csv"
+    np.savetxt(source, table[:4, 1:3], delimiter=",", header="a,b", comments="")
+    arguments = ["predict", str(model_path), str(source), "--out", str(tmp_path / "p.parquet")]
+    if "--out" in extra:
+        arguments = [*arguments[:3], "--out", str(tmp_path / extra[1])]
+        extra = []
+    assert main([*arguments, *extra]) == 2
+    _assert_one_line_error(capsys, message)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.csv"]
 
 
 def test_predict_with_a_non_bayes_mdn_file_exits_2(tmp_path, capsys, csv_file):
     fake = tmp_path / "fake.bmdn"
     fake.write_text("x,y\n1,2\n")
     assert main(["predict", str(fake), str(csv_file)]) == 2
-    error = capsys.readouterr().err.strip()
-    assert "is not a readable bayes_mdn file" in error and "\n" not in error
+    _assert_one_line_error(capsys, "is not a readable bayes_mdn file")
+
+
+@pytest.mark.parametrize(
+    ("method", "extra"),
+    [
+        ("ensemble", ["--num-members", "2", "--num-steps", "10"]),
+        pytest.param("svi", ["--guide", "lowrank", "--num-steps", "10", "--num-draws", "4"],
+                     marks=pytest.mark.slow),
+        pytest.param("laplace", ["--num-steps", "10", "--num-draws", "4", "--hessian",
+                                 "fisher"], marks=pytest.mark.slow),
+        pytest.param("nuts", ["--num-chains", "1", "--num-warmup", "5", "--num-samples", "3"],
+                     marks=pytest.mark.slow),
+    ],
+)
+def test_fit_every_method(tmp_path, csv_file, method, extra):
+    import bayes_mdn as bm
+
+    out = tmp_path / "fit.bmdn"
+    assert main(["fit", str(csv_file), "--y", "y", "--method", method, "--components", "1",
+                 "--hidden", "2", "--activation", "relu", "--prior", "normal",
+                 "--prior-scale", "2", "--out", str(out), *extra]) == 0
+    posterior = bm.load(out)
+    assert posterior.method == method
+    assert posterior.model.activation == "relu" and posterior.model.hidden_sizes == (2,)
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--guide", "mvn"], "--guide does not apply to --method map"),
+        (["--num-chains", "2"], "--num-chains does not apply to --method map"),
+        (["--method", "bayes"], "argument --method: invalid choice: 'bayes'"),
+        (["--family", "cauchy"], "argument --family: invalid choice: 'cauchy'"),
+        (["--prior", "flat", "--prior-scale", "1"], "--prior-scale does not apply"),
+        (["--prior-scale", "-1"], "--prior-scale must be positive"),
+        (["--method", "svi", "--prior", "flat"], "needs a proper prior"),
+        (["--drop", "w"], "has no column(s) ['w']"),
+        (["--x", "x", "--y", "x"], "are both inputs (--x) and targets (--y)"),
+        (["--num-steps", "abc"], "argument --num-steps: invalid int value: 'abc'"),
+    ],
+)
+def test_bad_fit_options_exit_2(tmp_path, capsys, csv_file, extra, message):
+    arguments = ["fit", str(csv_file), "--y", "y", "--num-steps", "5", "--out",
+                 str(tmp_path / "fit.bmdn"), *extra]
+    assert main(arguments) == 2
+    _assert_one_line_error(capsys, message)
+    assert not (tmp_path / "fit.bmdn").exists()
+
+
+def test_validation_passes_through_or_explains(tmp_path, capsys, csv_file):
+    from bayes_mdn.inference import MapOptions
+
+    arguments = ["fit", str(csv_file), "--y", "y", "--num-steps", "5", "--hidden", "2",
+                 "--validation", "0.2", "--out", str(tmp_path / "fit.bmdn")]
+    if "validation" in MapOptions.__dataclass_fields__:
+        assert main(arguments) == 0
+    else:
+        assert main(arguments) == 2
+        _assert_one_line_error(capsys, "--validation is not supported by this version")
+
+
+def test_fit_parquet_and_warnings_reach_stderr(tmp_path, capsys, monkeypatch):
+    import warnings
+
+    import pandas as pd
+
+    import bayes_mdn as bm
+
+    rng = np.random.default_rng(3)
+    source = tmp_path / "train.parquet"
+    pd.DataFrame({"id": [f"g{i}" for i in range(80)], "x": rng.normal(size=80),
+                  "y": rng.normal(size=80)}).to_parquet(source)
+    original = bm.MDN.fit
+
+    def warning_fit(self, *args, **kwargs):
+        warnings.warn("column 'x' holds the sentinel 99.0\nin 3 rows", UserWarning,
+                      stacklevel=2)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(bm.MDN, "fit", warning_fit)
+    out = tmp_path / "fit.bmdn"
+    assert main(["fit", str(source), "--y", "y", "--num-steps", "5", "--hidden", "2",
+                 "--out", str(out)]) == 0  # the string id column is dropped, never parsed
+    err = capsys.readouterr().err
+    assert "bayes-mdn fit: warning: UserWarning: column 'x' holds the sentinel 99.0 in 3 rows" \
+        in err.splitlines()
+    assert bm.load(out).info["feature_names"] == ["x"]
+
+
+def test_evaluate_writes_metrics_and_figures(tmp_path, capsys, fitted_model):
+    model_path, table = fitted_model
+    data = tmp_path / "test.csv"
+    np.savetxt(data, table[:, 1:], delimiter=",", header="a,b,target", comments="")
+    out = tmp_path / "evaluation"
+    assert main(["evaluate", str(model_path), str(data), "--out", str(out),
+                 "--batch-rows", "16", "--levels", "0.5,0.9"]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics == json.loads(capsys.readouterr().out)
+    assert metrics["num_points"] == 60
+    for name in ("log_score", "crps", "rmse", "pit_ks_pvalue", "pit_cvm_pvalue"):
+        assert np.all(np.isfinite(metrics[name]))
+    assert set(metrics["coverage"]) == {"0.5", "0.9"}
+    assert 0 <= metrics["coverage"]["0.9"] <= 1
+    # Figures: the calibration pair and the conditional densities.
+    assert (out / "calibration.png").stat().st_size > 0
+    assert (out / "conditional_density.png").stat().st_size > 0
+    # The same metrics as the library's in-memory calibration report.
+    import bayes_mdn as bm
+
+    pred = bm.load(model_path).predictive(table[:, 1:3])
+    report = bm.metrics.calibration_report(pred, table[:, 3], levels=[0.5, 0.9])
+    assert metrics["log_score"] == pytest.approx(report["log_score"], rel=1e-6)
+    assert metrics["crps"] == pytest.approx(report["crps"], rel=1e-5)
+    assert metrics["rmse"] == pytest.approx(report["rmse"], rel=1e-6)
+    assert metrics["coverage"]["0.9"] == pytest.approx(report["coverage"][0.9])
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--y", "nothere"], "has no column(s) ['nothere']"),
+        (["--levels", "0.9,1"], "--levels must lie strictly between 0 and 1"),
+    ],
+)
+def test_bad_evaluate_input_exits_2(tmp_path, capsys, fitted_model, extra, message):
+    model_path, table = fitted_model
+    data = tmp_path / "test.csv"
+    np.savetxt(data, table[:, 1:], delimiter=",", header="a,b,target", comments="")
+    assert main(["evaluate", str(model_path), str(data), "--out", str(tmp_path / "ev"),
+                 *extra]) == 2
+    _assert_one_line_error(capsys, message)
+    assert not (tmp_path / "ev").exists()
+
+
+def test_info_reports_the_fit(capsys, fitted_model):
+    model_path, _ = fitted_model
+    assert main(["info", str(model_path), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["method"] == "map"
+    assert report["model"]["num_components"] == 2 and report["model"]["hidden_sizes"] == [4]
+    assert report["num_features"] == 2 and report["feature_names"] == ["a", "b"]
+    assert report["training_rows"] == 60
+    assert "effective_components" in report["diagnostics"]
+    assert main(["info", str(model_path), "--no-diagnostics"]) == 0
+    text = capsys.readouterr().out
+    assert "method: map" in text and "diagnostics" not in text
+    assert main(["info", str(model_path) + ".missing"]) == 2
+    _assert_one_line_error(capsys, "No bayes_mdn file")
