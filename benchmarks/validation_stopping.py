@@ -41,9 +41,10 @@ NUM_EVALUATIONS = 50  # 5000 / 50 = 100 steps per evaluation, uci.py's EVAL_EVER
 def run_split(folder: Path, split: int, num_components: int, max_steps: int) -> dict:
     X, y, X_test, y_test = bm.datasets.load_uci(folder, split)
     started = time.perf_counter()
+    num_evaluations = max(1, round(NUM_EVALUATIONS * max_steps / uci.MAX_STEPS))
     posterior = uci.fit(uci.make_model(num_components), X, y, jax.random.key(split), max_steps,
                         validation=VALIDATION, patience=PATIENCE,
-                        num_evaluations=NUM_EVALUATIONS)
+                        num_evaluations=num_evaluations)
     fit_s = time.perf_counter() - started
     pred = posterior.predictive(X_test)
     return {"split": split, "test_ll": float(np.mean(pred.log_prob(y_test))),
@@ -71,10 +72,13 @@ def main() -> None:
     parser.add_argument("--rerun-tuned", action="store_true",
                         help="measure uci.py's tuned protocol again in this run")
     parser.add_argument("--quick", action="store_true", help="2 splits, 500 steps: smoke run")
+    parser.add_argument("--max-steps", type=int, default=uci.MAX_STEPS,
+                        help="num_steps, the most steps a fit may take (evaluations stay "
+                             "every 100 steps)")
     parser.add_argument("--name", default="validation_stopping",
                         help="results file stem (e.g. to run K=1 and K=3 side by side)")
     args = parser.parse_args()
-    num_splits, max_steps = (2, 500) if args.quick else (args.splits, uci.MAX_STEPS)
+    num_splits, max_steps = (2, 500) if args.quick else (args.splits, args.max_steps)
     reference = tuned_reference(RESULTS / "uci.json")
 
     rows, details = [], {}

@@ -381,3 +381,16 @@ def test_nuts_default_options():
             options.max_tree_depth, options.init) == (4, 300, 200, 6, "auto")
     with pytest.raises(ValueError, match=r"`init` must be a fitted Posterior, 'auto' or None"):
         bm.inference.NutsOptions(init="map")
+
+
+def test_nuts_progress_bar_segments_give_the_same_draws(data):
+    """With a bar the draws run in compiled segments; they are those of one run."""
+    X, y = data
+    options = dict(method="nuts", num_chains=2, num_warmup=10, num_samples=20,
+                   max_tree_depth=3, init=None)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", bm.ConvergenceWarning)  # max depth 3: may be hit
+        plain = MODEL.fit(X, y, key=jax.random.key(3), progress=False, **options)
+        shown = MODEL.fit(X, y, key=jax.random.key(3), progress=True, **options)
+    for name, value in plain.draws.items():
+        np.testing.assert_array_equal(np.asarray(shown.draws[name]), np.asarray(value))
