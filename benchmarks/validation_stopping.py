@@ -77,7 +77,13 @@ def main() -> None:
                              "every 100 steps)")
     parser.add_argument("--name", default="validation_stopping",
                         help="results file stem (e.g. to run K=1 and K=3 side by side)")
+    parser.add_argument("--summarise", action="store_true",
+                        help="only combine every results/validation_stopping*.json into "
+                             "results/validation_stopping_summary.md")
     args = parser.parse_args()
+    if args.summarise:
+        summarise()
+        return
     num_splits, max_steps = (2, 500) if args.quick else (args.splits, args.max_steps)
     reference = tuned_reference(RESULTS / "uci.json")
 
@@ -126,6 +132,31 @@ def main() -> None:
     (RESULTS / f"{name}.json").write_text(json.dumps(payload, indent=2))
     (RESULTS / f"{name}.md").write_text(markdown_table(rows, settings))
     print(markdown_table(rows, settings))
+
+
+def summarise() -> None:
+    """One table of every full run's rows (each file's own settings in its columns)."""
+    lines = ["Validation-driven stopping (validation=0.2, default patience 20 evaluations of "
+             "100 steps, best iterate per member) against uci.py's tuned step count: test "
+             "log-likelihood per point, mean ± s.e. over splits.", "",
+             "| run | dataset | model | max steps | validation stopping | mean stopped step | "
+             "tuned (steps) | difference / tuned s.e. |", "|---|---|---|---|---|---|---|---|"]
+    for path in sorted(RESULTS.glob("validation_stopping*.json")):
+        if "quick" in path.name:
+            continue
+        payload = json.loads(path.read_text())
+        for row in payload["rows"]:
+            if "tuned_test_ll" not in row:
+                continue
+            z = (row["test_ll"] - row["tuned_test_ll"]) / row["tuned_test_ll_se"]
+            lines.append(
+                f"| {path.stem} | {row['dataset']} | {row['model']} | "
+                f"{payload['settings']['max_steps']} | {row['test_ll']:.2f} ± "
+                f"{row['test_ll_se']:.2f} | {row['mean_stopped_step']:.0f} | "
+                f"{row['tuned_test_ll']:.2f} ± {row['tuned_test_ll_se']:.2f} "
+                f"({row['tuned_num_steps']}) | {z:+.1f} |")
+    (RESULTS / "validation_stopping_summary.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
 
 
 def markdown_table(rows: list[dict], settings: dict) -> str:
