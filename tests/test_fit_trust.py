@@ -364,7 +364,8 @@ def test_progress_off_by_environment(data, capsys, monkeypatch):
 def test_nuts_warns_when_trees_hit_max_depth(data, capsys):
     X, y = data
     with pytest.warns(bm.ConvergenceWarning, match=r"of the NUTS transitions hit "
-                      r"max_tree_depth=1 \(more than 10%\).*raise max_tree_depth"):
+                      r"max_tree_depth=1 \(more than 10%\).*Start the chains from fitted "
+                      r"networks.*raise max_tree_depth"):
         posterior = MODEL.fit(X, y, key=jax.random.key(0), method="nuts", num_chains=2,
                               num_warmup=20, num_samples=20, max_tree_depth=1, init=None,
                               progress=True)

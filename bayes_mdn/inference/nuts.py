@@ -441,11 +441,13 @@ def _warn_tree_depth(info: dict[str, Any]) -> None:
     budget went into maximal trees)."""
     share = info["fraction_max_tree_depth"]
     if share > MAX_TREE_DEPTH_FRACTION:
+        start = ("Start the chains from fitted networks (init='auto' or init=an ensemble "
+                 "fit), " if info.get("init") is None else "")
         warnings.warn(
             f"{share:.0%} of the NUTS transitions hit max_tree_depth={info['max_tree_depth']} "
             f"(more than {MAX_TREE_DEPTH_FRACTION:.0%}): trajectories were cut short, so the "
-            "chains explore slowly and the draws are strongly autocorrelated. Start the "
-            "chains from fitted networks (init='auto' or init=an ensemble fit), draw more "
-            "samples, or raise max_tree_depth by one or two (each level doubles the cost "
-            "per transition).",
+            f"chains explore slowly and the draws are strongly autocorrelated. {start}"
+            f"{'d' if start else 'D'}raw more samples or chains, or raise max_tree_depth by "
+            "one or two (each level doubles the cost per transition); check "
+            "post.summary() for function-space R-hat and ESS.",
             ConvergenceWarning, stacklevel=4)
