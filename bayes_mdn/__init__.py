@@ -6,6 +6,7 @@ from typing import Any
 from bayes_mdn import datasets, diagnostics, families, feature_networks, metrics, priors
 from bayes_mdn._arviz import compare
 from bayes_mdn._compilation_cache import enable_compilation_cache
+from bayes_mdn._validation import DataWarning
 from bayes_mdn.diagnostics import ConvergenceWarning
 from bayes_mdn.io import load
 from bayes_mdn.model import MDN
@@ -18,6 +19,7 @@ __version__ = "0.1.0"
 __all__ = [
     "MDN",
     "ConvergenceWarning",
+    "DataWarning",
     "Posterior",
     "PredictiveMixture",
     "__version__",

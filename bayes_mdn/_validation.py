@@ -7,6 +7,7 @@ instead of a shape error from deep inside XLA.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -15,6 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 
 __all__ = [
+    "DataWarning",
     "as_features",
     "as_targets",
     "check_choice",
@@ -27,6 +29,7 @@ __all__ = [
     "check_same_rows",
     "column_names",
     "float_dtype",
+    "warn_about_data",
 ]
 
 
@@ -287,3 +290,149 @@ def check_positive_float(value: Any, name: str, *, allow_zero: bool = False) -> 
         bound = "non-negative" if allow_zero else "positive"
         raise ValueError(f"`{name}` must be a finite {bound} number; got {value}.")
     return value
+
+
+# --------------------------------------------------------------------------- data warnings
+class DataWarning(UserWarning):
+    """The training data has a property that makes a fit misleading (integer-valued targets
+    under a continuous family, sentinel values, constant inputs); the message says what was
+    found and what to do. The data is never changed."""
+
+
+#: Rows examined by :func:`warn_about_data` (evenly spaced beyond this; the checks cost a
+#: sort per column).
+DATA_CHECK_ROWS = 200_000
+#: A target column with at most this many distinct values is "few-valued".
+FEW_VALUES = 20
+#: A repeated value counts as a sentinel on at least this many rows ...
+SENTINEL_MIN_ROWS = 5
+#: ... when it lies outside the range of the column's other values and this many robust
+#: standard deviations (IQR / 1.349) from their median.
+SENTINEL_DISTANCE = 10.0
+#: Candidate sentinels per column: its most frequent values.
+SENTINEL_CANDIDATES = 3
+#: Columns whose other values take fewer distinct values than this are categorical-like
+#: (their spread says little): only the conventional codes below count as sentinels there.
+SENTINEL_MIN_DISTINCT = 10
+SENTINEL_CODES = frozenset({9.0, 99.0, 999.0, 9999.0, 99999.0})
+
+
+def _labels(names: Sequence[str] | None, columns: Iterable[int], what: str) -> str:
+    return ", ".join(f"{what} {int(j)}" + ("" if names is None else f" ({names[j]!r})")
+                     for j in columns)
+
+
+def _sentinels(column: np.ndarray) -> list[tuple[float, int]]:
+    """(value, rows) of the sentinel values of one finite column: a value repeated on at
+    least SENTINEL_MIN_ROWS (and at most half the) rows, outside the range of the other
+    values and SENTINEL_DISTANCE robust standard deviations from their median."""
+    values, counts = np.unique(column, return_counts=True)
+    if values.size < 2:
+        return []
+    found = []
+    for index in np.argsort(counts)[::-1][:SENTINEL_CANDIDATES]:
+        value, count = values[index], int(counts[index])
+        if count < SENTINEL_MIN_ROWS or count > column.size // 2:
+            continue
+        rest = column[column != value]
+        low, median, high = np.percentile(rest, [25, 50, 75])
+        scale = (high - low) / 1.349
+        if scale <= 0:
+            scale = float(np.std(rest))
+        outside = value < rest.min() or value > rest.max()
+        if np.unique(rest).size < SENTINEL_MIN_DISTINCT and abs(value) not in SENTINEL_CODES:
+            continue
+        if outside and scale > 0 and abs(value - median) > SENTINEL_DISTANCE * scale:
+            found.append((float(value), count))
+    return found
+
+
+def warn_about_data(X: Any, y: Any, *, discrete_family: bool,
+                    feature_names: Sequence[str] | None = None,
+                    target_names: Sequence[str] | None = None, stacklevel: int = 3) -> None:
+    """Emit one :class:`DataWarning` per kind of problem found in the training data.
+
+    Checks (on at most ``DATA_CHECK_ROWS`` evenly spaced rows; the data is never altered):
+
+    * targets with few distinct values (at most ``FEW_VALUES``) or integer values with
+      ties, under a continuous family: the components collapse onto the values and the
+      density grows without bound, so log-likelihoods are not comparable with a continuous
+      model's;
+    * sentinel values (e.g. 99, -99, -999 standing for "missing") in an input or target
+      column: a value repeated on at least ``SENTINEL_MIN_ROWS`` rows, outside the range of
+      the other values and ``SENTINEL_DISTANCE`` robust standard deviations away from them;
+    * constant input columns, which carry no information.
+
+    Inputs that are not finite 2-D numeric arrays are skipped: the validation that follows
+    rejects them with a clear error.
+
+    Parameters
+    ----------
+    X : array-like, shape (N, P)
+    y : array-like, shape (N,) or (N, D)
+    discrete_family : bool
+        Whether the model's family is discrete (a count family): then integer targets are
+        expected and not warned about.
+    feature_names, target_names : sequence of str, optional
+        Column names for the messages.
+    stacklevel : int
+        Passed to :func:`warnings.warn`.
+    """
+    try:
+        X_host = _as_numeric_array(X, "X")
+        y_host = _as_numeric_array(y, "y")
+    except TypeError:
+        return
+    if y_host.ndim == 1:
+        y_host = y_host[:, None]
+    if X_host.ndim != 2 or y_host.ndim != 2 or X_host.shape[0] != y_host.shape[0] \
+            or X_host.shape[0] < 2:
+        return
+    num_rows = X_host.shape[0]
+    if num_rows > DATA_CHECK_ROWS:
+        rows = np.linspace(0, num_rows - 1, DATA_CHECK_ROWS).round().astype(np.int64)
+        X_host, y_host = X_host[rows], y_host[rows]
+    X_host = X_host.astype(np.float64, copy=False)
+    y_host = y_host.astype(np.float64, copy=False)
+    if not (np.isfinite(X_host).all() and np.isfinite(y_host).all()):
+        return
+    messages = []
+    if not discrete_family:
+        few = []
+        for d in range(y_host.shape[1]):
+            column = y_host[:, d]
+            distinct = np.unique(column).size
+            integer = bool(np.all(column == np.round(column)))
+            if distinct <= column.size // 2 and (distinct <= FEW_VALUES or integer):
+                kind = "integer" if integer else "distinct"
+                few.append(f"{_labels(target_names, [d], 'output')}: {distinct} {kind} values")
+        if few:
+            messages.append(
+                f"`y` takes few distinct values ({'; '.join(few)} in {y_host.shape[0]} rows) but "
+                "the family is continuous: the components collapse onto the values and the "
+                "density grows without bound there, so the log-likelihoods are not comparable "
+                "with those of a continuous model. Use a count family (family='poisson' or "
+                "'negative_binomial') for counts, or dequantise y (add uniform noise of one "
+                "step's width) before fitting."
+            )
+    for name, array, names, what in (("X", X_host, feature_names, "column"),
+                                     ("y", y_host, target_names, "output")):
+        found = []
+        for j in range(array.shape[1]):
+            for value, count in _sentinels(array[:, j]):
+                found.append(f"{_labels(names, [j], what)}: {value:g} on {count} rows")
+        if found:
+            messages.append(
+                f"`{name}` has values that look like sentinels for missing data ("
+                f"{'; '.join(found)}): a repeated value far outside the rest. The fit treats "
+                "them as ordinary values. Drop or impute those rows, or encode the missingness "
+                "in a separate indicator column, before fitting."
+            )
+    constant = np.flatnonzero(np.ptp(X_host, axis=0) == 0)
+    if constant.size:
+        messages.append(
+            f"`X` has constant columns ({_labels(feature_names, constant, 'column')}): they "
+            "carry no information. Drop them before fitting."
+        )
+    for message in messages:
+        warnings.warn(message, DataWarning, stacklevel=stacklevel)

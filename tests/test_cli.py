@@ -24,7 +24,7 @@ def test_demo_writes_metrics_and_figures(tmp_path, capsys):
         assert (out / name).stat().st_size > 0
     printed = capsys.readouterr()
     assert "Bayes-optimal" in printed.out
-    assert "[map] step" in printed.err  # progress while training
+    assert "map" in printed.err and "200/200" in printed.err  # progress bar while training
 
 
 @pytest.fixture

@@ -469,7 +469,8 @@ def test_num_evaluations_zero(model, data):
 
 def test_progress_not_bool(model, data):
     X, y = data
-    with pytest.raises(TypeError, match=r"`progress` must be True or False; got 'yes'\."):
+    with pytest.raises(TypeError, match=r"`progress` must be True, False or None \(automatic: "
+                                        r"on in a terminal\); got 'yes'\."):
         _fit(model, X, y, progress="yes")
 
 

@@ -33,13 +33,20 @@ from typing import Any, NamedTuple
 
 import jax
 
-from bayes_mdn._validation import check_choice, check_column_names, check_key, column_names
+from bayes_mdn._validation import (
+    check_choice,
+    check_column_names,
+    check_key,
+    column_names,
+    warn_about_data,
+)
 from bayes_mdn.inference._data import (
     FitData,
     prepare_data,
     require_proper_prior,
     with_reference_points,
 )
+from bayes_mdn.inference._holdout import attach_validation, split_validation
 from bayes_mdn.inference._optim import OptimOptions
 from bayes_mdn.inference.laplace import LaplaceOptions, fit_laplace
 from bayes_mdn.inference.log_density import LogDensity, log_density
@@ -140,7 +147,10 @@ def fit(model: MDN, X: Any, y: Any, *, key: jax.Array, method: str = "map",
             f"{sorted(valid)}."
         )
     method_options = options_type(**options)
-    data = prepare_data(model, X, y, X_test, y_test)
+    warn_about_data(X, y, discrete_family=model.family.discrete,
+                    feature_names=column_names(X), target_names=column_names(y), stacklevel=4)
+    X_fit, y_fit, held = split_validation(X, y, getattr(method_options, "validation", None), key)
+    data = attach_validation(model, prepare_data(model, X_fit, y_fit, X_test, y_test), held)
     names = _column_names(X, y, X_test)
     if entry.proper_prior:
         require_proper_prior(model, data, method)

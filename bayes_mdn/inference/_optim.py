@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import math
 import os
-import sys
-import time
 import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -35,14 +33,17 @@ from numpyro.optim import optax_to_numpyro
 from numpyro.primitives import Messenger
 from numpyro.util import check_model_guide_match
 
+from bayes_mdn._progress import check_progress, progress_bar
 from bayes_mdn._validation import check_positive_float, check_positive_int
+from bayes_mdn.diagnostics import ConvergenceWarning, objective_trend
 from bayes_mdn.inference._checkpoint import CheckpointPlan
 from bayes_mdn.inference._checkpoint import check_options as check_checkpoint_options
 from bayes_mdn.inference._data import FitData, check_shard_data, shard_devices, shard_rows
+from bayes_mdn.inference._holdout import check_validation_options
 from bayes_mdn.inference._minibatch import minibatch_indices, minibatched
 
 __all__ = ["OptimOptions", "OptimProgram", "SortedTraceELBO", "build_program", "make_optimizer",
-           "row_masked", "run_blocks"]
+           "row_masked", "run_blocks", "validation_info", "warn_if_unconverged"]
 
 #: The model's data plate, whose observed sites a row mask applies to.
 DATA_PLATE = "data"
@@ -62,7 +63,7 @@ class OptimOptions:
     Attributes
     ----------
     num_steps : int
-        Optimisation steps.
+        Optimisation steps; with `validation`, the most steps (the fit may stop earlier).
     learning_rate : float
         Adam step size (in standardised units, so it rarely needs tuning).
     lr_schedule : str or callable
@@ -73,10 +74,34 @@ class OptimOptions:
         the iterates with this decay (Polyak averaging, window about ``1 / (1 - decay)``
         steps) instead of the last iterate. 0.995 suits a few thousand steps.
     num_evaluations : int
-        How many times during the fit to record train/test log-likelihood (and report
-        progress); the loss is recorded at every step regardless.
-    progress : bool
-        Print progress lines to stderr while training.
+        How many times during the fit to record train/test (and validation) log-likelihood
+        and update the progress bar: every ``ceil(num_steps / num_evaluations)`` steps, the
+        blocks in which the compiled optimisation runs. The loss is recorded at every step
+        regardless.
+    validation : float or (X_val, y_val), optional
+        Early stopping on held-out rows: a fraction in (0, 1) of the training rows (chosen
+        at random with the fit's key; the model never trains on them), or separate rows
+        ``(X_val, y_val)`` of shapes (M', P) and (M', D). Their mean log-likelihood is
+        evaluated at every evaluation (see `num_evaluations`); the fit stops when it has not
+        improved for `patience` evaluations in a row and returns the best iterate seen (for
+        ``method="ensemble"``, each member's own best: a member stops improving on its own
+        and the fit stops when every member has). `num_steps` is then a maximum. The curve is
+        kept in ``history["validation_log_likelihood"]`` (original units; an ensemble's
+        predictive, with ``history["member_validation_log_likelihood"]`` per member),
+        ``history["best_step"]`` (per member for ensembles) and ``history["stopped_step"]``.
+        Without `validation` a fit whose objective was still clearly improving at the end
+        warns (:class:`~bayes_mdn.ConvergenceWarning`). Resuming a checkpoint with validation
+        reproduces the uninterrupted run when `num_steps` and `num_evaluations` are those of
+        the run that wrote it.
+    patience : int
+        Evaluations without a better validation log-likelihood before stopping (default 20,
+        e.g. 20 x 40 = 800 steps with the default 2000 steps and 50 evaluations: validation
+        curves of small data sets are noisy and plateau for a while before improving again).
+    progress : bool or None
+        Show a progress bar (tqdm, on standard error) with the loss and the train, validation
+        and test log-likelihood, updated at every evaluation. None (default): only when
+        standard error is a terminal and ``BAYES_MDN_PROGRESS`` is not 0 (see
+        :mod:`bayes_mdn._progress`).
     checkpoint : str or path-like, optional
         File to write the optimiser state to (atomically) every `checkpoint_every` steps and
         at the end; see :mod:`bayes_mdn.inference._checkpoint`. For ``method="laplace"`` it
@@ -102,7 +127,9 @@ class OptimOptions:
     lr_schedule: Any = "constant"
     ema_decay: float = 0.0
     num_evaluations: int = 50
-    progress: bool = False
+    validation: Any = None
+    patience: int = 20
+    progress: bool | None = None
     checkpoint: str | os.PathLike | None = None
     checkpoint_every: int | None = None
     resume: str | os.PathLike | None = None
@@ -121,8 +148,9 @@ class OptimOptions:
         if not 0 <= self.ema_decay < 1:
             raise ValueError(f"`ema_decay` must be in [0, 1); got {self.ema_decay}.")
         check_positive_int(self.num_evaluations, "num_evaluations")
-        if not isinstance(self.progress, bool):
-            raise TypeError(f"`progress` must be True or False; got {self.progress!r}.")
+        object.__setattr__(self, "validation",
+                           check_validation_options(self.validation, self.patience))
+        check_progress(self.progress)
         check_checkpoint_options(self, "steps")
         object.__setattr__(self, "shard_data", check_shard_data(self.shard_data))
         if self.shard_data is True and getattr(self, "subsample_size", None) is not None:
@@ -245,10 +273,12 @@ def build_program(svi: SVI, evaluate: Evaluate, subsample_size: int | None = Non
         return svi.init(key, X, y, y_scale=y_scale, init_params=init_params)
 
     def run_block(state, average, first_step, num_steps, ema_decay, eval_key, X, y, row_mask,
-                  y_scale, X_train_eval, y_train_eval, X_test, y_test, *, block_size):
+                  y_scale, X_train_eval, y_train_eval, X_test, y_test, X_val, y_val, *,
+                  block_size):
         """`block_size` steps (those past `num_steps` leave the state unchanged), with an
-        exponential moving average of the raw parameters, then train/test log-likelihood at
-        the block's estimate (the bias-corrected average; the last iterate if decay is 0).
+        exponential moving average of the raw parameters, then train/test/validation
+        log-likelihood at the block's estimate (the bias-corrected average; the last iterate
+        if decay is 0).
         `row_mask` (N,), or None, leaves padding rows out of the likelihood: the model must
         be :func:`row_masked`."""
         masking = {} if row_mask is None else {"row_mask": row_mask}
@@ -277,12 +307,13 @@ def build_program(svi: SVI, evaluate: Evaluate, subsample_size: int | None = Non
         estimate = svi.constrain_fn(jax.tree.map(lambda mean: mean / correction, average))
         train_ll = evaluate(estimate, eval_key, X_train_eval, y_train_eval, y_scale)
         test_ll = evaluate(estimate, eval_key, X_test, y_test, y_scale)
-        return state, average, losses, train_ll, test_ll, estimate
+        val_ll = evaluate(estimate, eval_key, X_val, y_val, y_scale)
+        return state, average, losses, train_ll, test_ll, val_ll, estimate
 
     def members(*args, block_size):
         # block_size is bound first: vmap would map keyword arguments along axis 0.
         mapped = jax.vmap(partial(run_block, block_size=block_size),
-                          in_axes=(0, 0, None, None, None, 0) + (None,) * 8)
+                          in_axes=(0, 0, None, None, None, 0) + (None,) * 10)
         return mapped(*args)
 
     return OptimProgram(
@@ -319,11 +350,11 @@ def run_blocks(
     eval_key: jax.Array,
     train_eval: tuple[jax.Array, jax.Array] | None = None,
     members: bool = False,
-    overall: Callable[[dict[str, jax.Array]], tuple[jax.Array, jax.Array]] | None = None,
+    overall: Callable[..., tuple[jax.Array, ...]] | None = None,
     checkpoint: CheckpointPlan | None = None,
     subsample_size: int | None = None,
 ) -> BlockResult:
-    """Run `options.num_steps` steps in equal compiled blocks and record the history.
+    """Run up to `options.num_steps` steps in equal compiled blocks and record the history.
 
     Parameters
     ----------
@@ -332,21 +363,26 @@ def run_blocks(
         From ``program.init_state`` (with a leading member axis if `members`).
     options : OptimOptions
     data : FitData
+        With validation rows (``data.X_val``, see :mod:`bayes_mdn.inference._holdout`) the
+        fit stops early on them (``options.validation``, ``options.patience``).
     method : str
-        Name used in progress lines.
+        Name shown on the progress bar.
     eval_key : PRNG key
         Fixed key for evaluations that sample (SVI), so curves are not noisy.
     train_eval : (X, y), optional
         Training rows to evaluate on (default: all of them; a subset for minibatch SVI).
     members : bool
-        Run ``program.run_block_members`` (an ensemble); losses get a member axis.
+        Run ``program.run_block_members`` (an ensemble); losses get a member axis, and
+        early stopping keeps each member's best iterate.
     overall : callable, optional
-        ``estimate -> (train_ll, test_ll)`` replacing the per-block evaluation in the
-        history (the ensemble's predictive log-likelihood instead of each member's).
+        ``(estimate, X_val, y_val) -> (train_ll, test_ll, val_ll)`` replacing the per-block
+        evaluation in the history (the ensemble's predictive log-likelihood instead of each
+        member's).
     checkpoint : CheckpointPlan, optional
-        Resume from its checkpoint (state, moving average, history so far) and/or write
-        checkpoints; blocks are cut at checkpoint boundaries, which adds evaluations there
-        but never changes the trajectory.
+        Resume from its checkpoint (state, moving average, history so far, best iterate)
+        and/or write checkpoints; blocks are cut at checkpoint boundaries, which adds
+        evaluations there but never changes the trajectory (early stopping looks only at the
+        regular block ends).
     subsample_size : int, optional
         The minibatch size of the program's model (None: full batch); minibatch fits are
         never sharded.
@@ -356,26 +392,32 @@ def run_blocks(
     BlockResult
         ``history`` holds ``loss`` ((steps,) or (members, steps)), ``eval_step``,
         ``train_log_likelihood`` and, with held-out data, ``test_log_likelihood`` (per row,
-        original units).
+        original units); with validation rows ``validation_log_likelihood``,
+        ``best_step`` (per member for ensembles) and ``stopped_step``, and for ensembles
+        ``member_validation_log_likelihood`` (members, evaluations). ``estimate`` is the
+        best iterate on the validation rows (each member's), else the last block's.
     BlockResult.num_devices
         How many devices the rows were sharded over (1 without ``shard_data``).
     """
-    started = time.perf_counter()
     raw = program.svi.optim.get_params(state.optim_state)
     average = zero_average(raw)
     ema_decay = np.asarray(options.ema_decay, dtype=data.X.dtype)
     X_train_eval, y_train_eval = train_eval if train_eval is not None else (data.X, data.y)
     X_test, y_test = data.test_or_placeholder()
+    X_val, y_val = getattr(data, "X_val", None), getattr(data, "y_val", None)
+    validating = X_val is not None
+    if not validating:
+        X_val, y_val = data.X[:1], data.y[:1]  # one signature for every program
     kernel = program.run_block_members if members else program.run_block
 
     # Blocks of equal size (so one compilation serves them all) covering num_steps with
     # fewer than `num_blocks` wasted, masked steps at the end.
     num_blocks = min(options.num_evaluations, options.num_steps)
     block_size = math.ceil(options.num_steps / num_blocks)
-    num_blocks = math.ceil(options.num_steps / block_size)
     log_jacobian = data.standardizer.log_jacobian
 
     losses, eval_steps, train_lls, test_lls = [], [], [], []
+    stopping = _EarlyStopping(options.patience, members=members) if validating else None
     first = 0
     if checkpoint is not None and checkpoint.resumed is not None:
         state = checkpoint.restore("state", state)
@@ -386,6 +428,8 @@ def run_blocks(
         eval_steps.extend(int(step) for step in saved["eval_step"])
         train_lls.extend(saved["train_ll"])
         test_lls.extend(saved["test_ll"])
+        if stopping is not None:
+            stopping.load(saved)
     X, y, row_mask, y_scale = data.X, data.y, None, data.y_scale
     devices = shard_devices(options.shard_data, full_batch=subsample_size is None)
     rows = None if devices is None else shard_rows(data, devices)
@@ -393,46 +437,80 @@ def run_blocks(
         # Rows sharded, everything else replicated: each step runs data-parallel.
         X, y, row_mask = rows.X, rows.y, rows.row_mask
         (state, average, eval_key, y_scale, X_train_eval, y_train_eval, X_test,
-         y_test) = rows.replicate((state, average, eval_key, y_scale, X_train_eval,
-                                   y_train_eval, X_test, y_test))
-    report_every = max(1, num_blocks // 10)
-    block = 0
+         y_test, X_val, y_val) = rows.replicate((state, average, eval_key, y_scale,
+                                                 X_train_eval, y_train_eval, X_test, y_test,
+                                                 X_val, y_val))
     estimate = None
-    # Each call runs `block_size` compiled steps, those from `stop` on masked out (so a
-    # block cut short at a checkpoint or at num_steps leaves the trajectory unchanged).
-    while first < options.num_steps or estimate is None:
-        stop = min(first + block_size, options.num_steps)
-        if checkpoint is not None:
-            stop = checkpoint.next_stop(first, stop)
-        state, average, block_losses, train_ll, test_ll, estimate = kernel(
-            state, average, first, stop, ema_decay, eval_key, X, y, row_mask, y_scale,
-            X_train_eval, y_train_eval, X_test, y_test, block_size=block_size,
-        )
-        if stop == first:  # resumed a finished run: only the estimate was needed
-            break
-        if overall is not None:
-            train_ll, test_ll = overall(estimate)
-        block_losses, train_ll, test_ll = jax.device_get((block_losses, train_ll, test_ll))
-        losses.append(block_losses[..., : stop - first])
-        eval_steps.append(stop)
-        train_lls.append(train_ll)
-        test_lls.append(test_ll)
-        if options.progress and (block % report_every == 0 or stop == options.num_steps):
-            report(method, stop, options.num_steps, float(np.mean(block_losses[..., -1])),
-                   float(np.mean(train_ll)) + log_jacobian,
-                   float(np.mean(test_ll)) + log_jacobian if data.has_test else None, started)
-        if checkpoint is not None and checkpoint.due(stop, options.num_steps):
-            checkpoint.write(stop, {"state": state, "average": average}, {
-                "history/loss": np.concatenate(losses, axis=-1),
-                "history/eval_step": np.asarray(eval_steps, np.int64),
-                "history/train_ll": np.asarray(train_lls), "history/test_ll": np.asarray(test_lls)})
-        first = stop
-        block += 1
+    bar = progress_bar(options.num_steps, desc=method, progress=options.progress,
+                       unit="step", initial=first)
+    with bar:
+        # Each call runs `block_size` compiled steps, those from `stop` on masked out (so a
+        # block cut short at a checkpoint or at num_steps leaves the trajectory unchanged).
+        # Blocks end at multiples of block_size (plus checkpoint cuts).
+        while first < options.num_steps or estimate is None:
+            stop = min((first // block_size + 1) * block_size, options.num_steps)
+            if checkpoint is not None:
+                stop = checkpoint.next_stop(first, stop)
+            if stopping is not None and stopping.stopped_step is not None:
+                stop = first  # resumed a run that had stopped early
+            state, average, block_losses, train_ll, test_ll, val_ll, estimate = kernel(
+                state, average, first, stop, ema_decay, eval_key, X, y, row_mask, y_scale,
+                X_train_eval, y_train_eval, X_test, y_test, X_val, y_val,
+                block_size=block_size,
+            )
+            if stopping is not None and checkpoint is not None and stopping.pending_restore:
+                stopping.best = checkpoint.restore("best", estimate)
+                stopping.pending_restore = False
+            if stop == first:  # resumed a finished run: only the estimate was needed
+                break
+            member_val_ll = val_ll
+            if overall is not None:
+                train_ll, test_ll, val_ll = overall(estimate, X_val, y_val)
+            block_losses, train_ll, test_ll, val_ll, member_val_ll = jax.device_get(
+                (block_losses, train_ll, test_ll, val_ll, member_val_ll))
+            losses.append(block_losses[..., : stop - first])
+            eval_steps.append(stop)
+            train_lls.append(train_ll)
+            test_lls.append(test_ll)
+            regular = stop % block_size == 0 or stop == options.num_steps
+            if stopping is not None:
+                stopping.record(val_ll, member_val_ll, stop, estimate, regular)
+            postfix = {"loss": f"{float(np.mean(block_losses[..., -1])):.4g}",
+                       "train_ll": f"{float(np.mean(train_ll)) + log_jacobian:.4f}"}
+            if validating:
+                postfix["val_ll"] = f"{float(np.mean(val_ll)) + log_jacobian:.4f}"
+            if data.has_test:
+                postfix["test_ll"] = f"{float(np.mean(test_ll)) + log_jacobian:.4f}"
+            bar.set_postfix(postfix, refresh=False)
+            bar.update(stop - first)
+            if stopping is not None and regular and stopping.should_stop():
+                stopping.stopped_step = stop
+            finished = stop == options.num_steps or (
+                stopping is not None and stopping.stopped_step is not None)
+            if checkpoint is not None and (checkpoint.due(stop, options.num_steps) or (
+                    finished and checkpoint.path is not None)):
+                trees = {"state": state, "average": average}
+                arrays = {
+                    "history/loss": np.concatenate(losses, axis=-1),
+                    "history/eval_step": np.asarray(eval_steps, np.int64),
+                    "history/train_ll": np.asarray(train_lls),
+                    "history/test_ll": np.asarray(test_lls)}
+                if stopping is not None:
+                    trees["best"] = stopping.best
+                    arrays.update(stopping.arrays())
+                checkpoint.write(stop, trees, arrays)
+            first = stop
+            if finished:
+                break
 
     history = {"loss": np.concatenate(losses, axis=-1), "eval_step": np.asarray(eval_steps),
                "train_log_likelihood": np.asarray(train_lls, np.float64) + log_jacobian}
     if data.has_test:
         history["test_log_likelihood"] = np.asarray(test_lls, np.float64) + log_jacobian
+    if stopping is not None:
+        history.update(stopping.history(log_jacobian, options.num_steps))
+        if stopping.best is not None:
+            estimate = stopping.best
     if rows is not None:
         # The estimate back on the default device, as an unsharded fit leaves it.
         estimate = jax.tree.map(jnp.asarray, jax.device_get(estimate))
@@ -440,16 +518,141 @@ def run_blocks(
                        num_devices=1 if rows is None else rows.num_devices)
 
 
-def report(method: str, step: int, num_steps: int, loss: float, train_ll: float,
-           test_ll: float | None, started: float) -> None:
-    """One progress line on stderr."""
-    held_out = "" if test_ll is None else f"  test ll {test_ll:8.4f}"
-    print(
-        f"[{method}] step {step:>6d}/{num_steps}  loss {loss:12.4f}  train ll {train_ll:8.4f}"
-        f"{held_out}  ({time.perf_counter() - started:5.1f} s)",
-        file=sys.stderr,
-        flush=True,
-    )
+class _EarlyStopping:
+    """Host-side bookkeeping of early stopping on validation rows, between compiled blocks.
+
+    Only regular block ends count (not the extra evaluations at checkpoint cuts), so a
+    checkpointed run stops where an uninterrupted one does. With `members`, each member has
+    its own best value, best iterate and count of evaluations without improvement; a member
+    whose count reached `patience` keeps its best iterate from then on.
+    """
+
+    def __init__(self, patience: int, *, members: bool) -> None:
+        self.patience = patience
+        self.members = members
+        self.values: list[Any] = []         # the (overall) validation ll per evaluation
+        self.member_values: list[Any] = []  # per member (ensembles)
+        self.best_value: np.ndarray | None = None
+        self.best_step: np.ndarray | None = None
+        self.stale: np.ndarray | None = None
+        self.best: Any = None
+        self.stopped_step: int | None = None
+        self.pending_restore = False
+
+    def record(self, value: Any, member_value: Any, step: int, estimate: Any,
+               regular: bool) -> None:
+        self.values.append(np.asarray(value, np.float64))
+        self.member_values.append(np.asarray(member_value, np.float64))
+        if not regular:
+            return
+        current = np.atleast_1d(np.asarray(member_value, np.float64))
+        if self.best_value is None:
+            self.best_value = np.full(current.shape, -np.inf)
+            self.best_step = np.zeros(current.shape, np.int64)
+            self.stale = np.zeros(current.shape, np.int64)
+        active = self.stale < self.patience
+        improved = active & (current > self.best_value)  # NaN never improves
+        self.best_value = np.where(improved, current, self.best_value)
+        self.best_step = np.where(improved, step, self.best_step)
+        self.stale = np.where(improved, 0, np.where(active, self.stale + 1, self.stale))
+        if self.best is None:
+            self.best = estimate
+        elif improved.any():
+            if self.members:
+                mask = jnp.asarray(improved)
+                self.best = jax.tree.map(
+                    lambda new, old: jnp.where(mask.reshape((-1,) + (1,) * (new.ndim - 1)),
+                                               new, old), estimate, self.best)
+            else:
+                self.best = estimate
+
+    def should_stop(self) -> bool:
+        return self.stale is not None and bool(np.all(self.stale >= self.patience))
+
+    def still_improving(self) -> bool:
+        """Whether some member's best was at the last regular evaluation."""
+        return self.stale is not None and bool(np.any(self.stale == 0))
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        """The state to checkpoint (``history/val_*``)."""
+        none = np.zeros(0)
+        return {"history/val_ll": np.asarray(self.values),
+                "history/val_member_ll": np.asarray(self.member_values),
+                "history/val_best_value": none if self.best_value is None else self.best_value,
+                "history/val_best_step": none if self.best_step is None else self.best_step,
+                "history/val_stale": none if self.stale is None else self.stale,
+                "history/val_stopped": np.asarray(-1 if self.stopped_step is None
+                                                  else self.stopped_step)}
+
+    def load(self, saved: dict[str, np.ndarray]) -> None:
+        """Continue from a checkpoint's :meth:`arrays` (the best iterate follows later,
+        shaped like the first estimate: ``pending_restore``)."""
+        self.values = list(saved["val_ll"])
+        self.member_values = list(saved["val_member_ll"])
+        if saved["val_best_value"].size:
+            self.best_value = saved["val_best_value"]
+            self.best_step = saved["val_best_step"].astype(np.int64)
+            self.stale = saved["val_stale"].astype(np.int64)
+            self.pending_restore = True
+        stopped = int(saved["val_stopped"])
+        self.stopped_step = None if stopped < 0 else stopped
+
+    def history(self, log_jacobian: float, num_steps: int) -> dict[str, np.ndarray]:
+        history = {"validation_log_likelihood": np.asarray(self.values, np.float64)
+                   + log_jacobian,
+                   "stopped_step": np.asarray(num_steps if self.stopped_step is None
+                                              else self.stopped_step, np.int64)}
+        best_step = np.zeros(1, np.int64) if self.best_step is None else self.best_step
+        history["best_step"] = best_step if self.members else np.asarray(best_step[0])
+        if self.members:
+            history["member_validation_log_likelihood"] = (
+                np.asarray(self.member_values, np.float64).T + log_jacobian)
+        return history
+
+
+def validation_info(options: OptimOptions, data: FitData) -> dict[str, Any]:
+    """``Posterior.info`` entries of early stopping: the validation fraction (None for
+    separate rows), the number of validation rows and the patience; empty without."""
+    X_val = getattr(data, "X_val", None)
+    if X_val is None:
+        return {}
+    fraction = options.validation if isinstance(options.validation, float) else None
+    return {"validation_fraction": fraction, "num_validation_rows": int(X_val.shape[0]),
+            "patience": options.patience}
+
+
+def warn_if_unconverged(posterior: Any, options: OptimOptions, *, stacklevel: int = 5
+                        ) -> None:
+    """Warn (:class:`~bayes_mdn.ConvergenceWarning`) when the fit ended still improving.
+
+    Without validation rows: the objective's trend over the last 5 % of the steps against
+    the 5 % before (:func:`bayes_mdn.diagnostics.objective_trend`: more than 1e-3 nats per
+    row and 3 standard errors of its batch means). With validation rows: the validation
+    log-likelihood was at its best at the last evaluation of a run that used every step.
+    """
+    history = posterior.history
+    if "validation_log_likelihood" in history:
+        best = np.atleast_1d(history["best_step"])
+        if int(history["stopped_step"]) >= options.num_steps and np.any(
+                best >= options.num_steps):
+            warnings.warn(
+                f"The validation log-likelihood was still improving at the last of the "
+                f"num_steps={options.num_steps} steps ({posterior.method} fit): the fit "
+                "stopped on its step budget, not on the validation rows. Raise num_steps "
+                "(it is a maximum when validation= is given).",
+                ConvergenceWarning, stacklevel=stacklevel)
+        return
+    trend = objective_trend(posterior)
+    if trend is None or not trend["still_improving"]:
+        return
+    z = "" if trend["z"] is None else f", {trend['z']:.1f} standard errors"
+    warnings.warn(
+        f"The {trend['objective']} of this {posterior.method} fit was still improving at the "
+        f"end of its {trend['num_steps']} steps ({trend['improvement_per_row']:+.3g} nats per "
+        f"row between the last two 5% windows{z}): it has not converged. Raise num_steps, or "
+        "pass validation=0.2 (or validation=(X_val, y_val)) to stop on held-out rows with "
+        "num_steps as a maximum.",
+        ConvergenceWarning, stacklevel=stacklevel)
 
 
 def check_finite_fit(loss: np.ndarray, values: Mapping[str, Any]) -> None:

@@ -27,6 +27,7 @@ import numpy as np
 from numpyro.handlers import block
 from numpyro.infer.util import constrain_fn, potential_energy, unconstrain_fn
 
+from bayes_mdn._progress import progress_bar
 from bayes_mdn._validation import check_choice, check_positive_int
 from bayes_mdn.inference._data import (
     NUM_PARETO_DRAWS,
@@ -274,10 +275,13 @@ def fit_laplace(model: MDN, data: FitData, key: jax.Array, options: LaplaceOptio
         )
     map_key, draw_key = jax.random.split(key)
     if options.init is None:
+        # The MAP stage shows its own bar (steps); the Hessian stage is one compiled call.
         map_fields = {name: getattr(options, name) for name in MapOptions.__dataclass_fields__}
         map_fit = fit_map(model, data, map_key, MapOptions(**map_fields))
     else:
         map_fit = options.init
+    bar = progress_bar(1, desc=f"laplace ({options.hessian} Hessian)",
+                       progress=options.progress, unit="stage")
     init_draws = draws_from_init(map_fit, model, data)
     if next(iter(init_draws.values())).shape[0] != 1:
         raise ValueError("`init` for method='laplace' must be a single-draw fit such as "
@@ -285,9 +289,11 @@ def fit_laplace(model: MDN, data: FitData, key: jax.Array, options: LaplaceOptio
     centre = {name: value[0] for name, value in init_draws.items()}
     kernel = _laplace_kernel(model, data.shape, options.num_draws, options.hessian,
                              options.subspace)
-    (eigenvalues, spectrum, gradient_norm, draws, log_weights, num_well_determined,
-     effective_num_parameters) = jax.device_get(
-        kernel(centre, draw_key, data.X, data.y, data.y_scale))
+    with bar:
+        (eigenvalues, spectrum, gradient_norm, draws, log_weights, num_well_determined,
+         effective_num_parameters) = jax.device_get(
+            kernel(centre, draw_key, data.X, data.y, data.y_scale))
+        bar.update(1)
     # Signs from the Jacobi-scaled matrix (accurate); magnitudes reported unscaled.
     smallest = float(spectrum[0])
     floor = float(roundoff_floor(eigenvalues))

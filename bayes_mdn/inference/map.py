@@ -36,6 +36,8 @@ from bayes_mdn.inference._optim import (
     make_optimizer,
     partial_model,
     run_blocks,
+    validation_info,
+    warn_if_unconverged,
 )
 from bayes_mdn.model import MDN
 from bayes_mdn.posterior import Posterior
@@ -113,12 +115,14 @@ def fit_map(model: MDN, data: FitData, key: jax.Array, options: MapOptions) -> P
                         checkpoint=plan)
     values = point_values(result.estimate, names)
     check_finite_fit(result.history["loss"], values)
-    return Posterior(
+    posterior = Posterior(
         model=model, method="map",
         draws={name: value[None, None] for name, value in values.items()},
         standardizer=data.standardizer, history=result.history,
         info=_info(options, data, started, result.num_devices),
     )
+    warn_if_unconverged(posterior, options)
+    return posterior
 
 
 @lru_cache(maxsize=16)
@@ -127,10 +131,11 @@ def _ensemble_kernels(model: MDN, data_shape: tuple[int, int, int], optimizer_ke
     init_members = jax.jit(jax.vmap(program.init_state, in_axes=(0, None, None, None, 0)))
 
     @jax.jit
-    def ensemble_log_likelihood(estimate, X, y, X_test, y_test, y_scale):
+    def ensemble_log_likelihood(estimate, X, y, X_test, y_test, X_val, y_val, y_scale):
         draws = point_values(estimate, names)
         return (predictive_log_likelihood(model, draws, X, y, y_scale),
-                predictive_log_likelihood(model, draws, X_test, y_test, y_scale))
+                predictive_log_likelihood(model, draws, X_test, y_test, y_scale),
+                predictive_log_likelihood(model, draws, X_val, y_val, y_scale))
 
     return program, names, init_members, ensemble_log_likelihood
 
@@ -149,8 +154,8 @@ def fit_ensemble(model: MDN, data: FitData, key: jax.Array, options: EnsembleOpt
     X_test, y_test = data.test_or_placeholder()
     result = run_blocks(
         program, state, options, data, method="ensemble", eval_key=member_keys, members=True,
-        overall=lambda estimate: ensemble_ll(estimate, data.X, data.y, X_test, y_test,
-                                             data.y_scale),
+        overall=lambda estimate, X_val, y_val: ensemble_ll(
+            estimate, data.X, data.y, X_test, y_test, X_val, y_val, data.y_scale),
         checkpoint=plan,
     )
     values = point_values(result.estimate, names)
@@ -160,11 +165,13 @@ def fit_ensemble(model: MDN, data: FitData, key: jax.Array, options: EnsembleOpt
     history["loss"] = np.mean(history["member_loss"], axis=0)
     info = _info(options, data, started, result.num_devices)
     info["num_members"] = size
-    return Posterior(
+    posterior = Posterior(
         model=model, method="ensemble",
         draws={name: value[None] for name, value in values.items()},
         standardizer=data.standardizer, history=history, info=info,
     )
+    warn_if_unconverged(posterior, options)
+    return posterior
 
 
 def _info(options: OptimOptions, data: FitData, started: float, num_devices: int) -> dict:
@@ -172,4 +179,4 @@ def _info(options: OptimOptions, data: FitData, started: float, num_devices: int
     return {"fit_seconds": time.perf_counter() - started, "num_steps": options.num_steps,
             "learning_rate": options.learning_rate, "lr_schedule": schedule,
             "ema_decay": options.ema_decay, "num_rows": data.num_rows,
-            "num_devices": num_devices}
+            "num_devices": num_devices, **validation_info(options, data)}

@@ -15,8 +15,10 @@ chain) is usually the best use of the budget. Per-draw sampler statistics
 
 from __future__ import annotations
 
+import math
 import os
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
@@ -29,7 +31,9 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from numpyro.infer import MCMC, NUTS
 from numpyro.infer.util import unconstrain_fn
 
+from bayes_mdn._progress import check_progress, progress_bar, show_progress
 from bayes_mdn._validation import check_choice, check_positive_float, check_positive_int
+from bayes_mdn.diagnostics import MAX_TREE_DEPTH_FRACTION, ConvergenceWarning
 from bayes_mdn.inference._checkpoint import CheckpointPlan, checkpoint_plan
 from bayes_mdn.inference._checkpoint import check_options as check_checkpoint_options
 from bayes_mdn.inference._data import FitData, draws_from_init, final_scores, initial_params
@@ -39,6 +43,9 @@ from bayes_mdn.posterior import Posterior
 __all__ = ["CHAIN_METHODS", "NutsOptions", "fit_nuts"]
 
 CHAIN_METHODS = ("auto", "vectorized", "parallel", "sequential")
+#: Progress-bar updates during sampling: the draws run in this many compiled segments when
+#: a bar is shown (the draws are those of one uninterrupted run).
+PROGRESS_SEGMENTS = 10
 #: Name of the device-mesh axis the chains of ``chain_method="parallel"`` are sharded over.
 CHAIN_AXIS = "chains"
 #: numpyro extra field -> name in ``Posterior.sample_stats``.
@@ -58,17 +65,22 @@ class NutsOptions:
     num_samples : int
         Kept draws per chain (before thinning).
     num_chains : int
-    init : Posterior, optional
-        A fit of the same model to start from: chain c starts at draw ``c * S // C`` of its
-        S draws (one ensemble member per chain for ``method="ensemble"``; every chain at the
-        MAP point for ``method="map"``). Without it, every chain starts from its own
-        data-dependent random initialisation.
+    init : Posterior, "auto" or None
+        Where the chains start. A fit of the same model: chain c starts at draw
+        ``c * S // C`` of its S draws (one ensemble member per chain for
+        ``method="ensemble"``; every chain at the MAP point for ``method="map"``).
+        ``"auto"`` (default): fit an ensemble of `num_chains` MAP fits first (default MAP
+        options, part of this fit's time) and start one chain at each member. None: every
+        chain starts from its own data-dependent random initialisation (needs a long
+        warm-up: network posteriors are multimodal).
     dense_mass : bool
         Adapt a dense mass matrix (W x W) instead of a diagonal one.
     target_accept_prob : float
         Step-size adaptation target in (0, 1); raise it (0.9, 0.95) against divergences.
     max_tree_depth : int
-        Trajectories have at most ``2 ** max_tree_depth - 1`` leapfrog steps.
+        Trajectories have at most ``2 ** max_tree_depth - 1`` leapfrog steps (default 6:
+        63). The share of transitions that hit it is ``info["fraction_max_tree_depth"]``
+        (also in ``summary()``); above 10 % the fit warns.
     chain_method : str
         How the chains share the hardware. ``"vectorized"``: all chains batched on one
         device. ``"parallel"``: the batched chains sharded evenly over ``d`` local devices
@@ -81,8 +93,11 @@ class NutsOptions:
         sample does not).
     thinning : int
         Keep every `thinning`-th draw.
-    progress : bool
-        Show numpyro's progress bar.
+    progress : bool or None
+        Show a progress bar (tqdm, standard error): warm-up, then the draws in
+        ``PROGRESS_SEGMENTS`` compiled segments, with divergences and the share of
+        transitions at max tree depth so far. None (default): only in a terminal (see
+        :mod:`bayes_mdn._progress`).
     checkpoint : str or path-like, optional
         File to write the sampler state (every chain's position, step size, mass matrix and
         PRNG key) and the draws so far to, at the end of warm-up, every `checkpoint_every`
@@ -95,16 +110,16 @@ class NutsOptions:
         draws, then resume with 2N, equals one run of 2N draws).
     """
 
-    num_warmup: int = 500
-    num_samples: int = 500
+    num_warmup: int = 300
+    num_samples: int = 200
     num_chains: int = 4
-    init: Any = None
+    init: Any = "auto"
     dense_mass: bool = False
     target_accept_prob: float = 0.8
-    max_tree_depth: int = 10
+    max_tree_depth: int = 6
     chain_method: str = "auto"
     thinning: int = 1
-    progress: bool = False
+    progress: bool | None = None
     checkpoint: str | os.PathLike | None = None
     checkpoint_every: int | None = None
     resume: str | os.PathLike | None = None
@@ -124,9 +139,12 @@ class NutsOptions:
                            check_choice(chain_method, "chain_method", CHAIN_METHODS))
         if self.chain_method == "parallel":
             self.num_chain_devices()  # raises if the chains cannot be spread
-        for name in ("dense_mass", "progress"):
-            if not isinstance(getattr(self, name), bool):
-                raise TypeError(f"`{name}` must be True or False; got {getattr(self, name)!r}.")
+        if not isinstance(self.dense_mass, bool):
+            raise TypeError(f"`dense_mass` must be True or False; got {self.dense_mass!r}.")
+        check_progress(self.progress)
+        if isinstance(self.init, str) and self.init != "auto":
+            raise ValueError(f"`init` must be a fitted Posterior, 'auto' or None; got "
+                             f"{self.init!r}.")
         check_checkpoint_options(self, "draws per chain")
         if self.checkpoint is not None or self.resume is not None:
             for name in ("num_samples", "checkpoint_every"):
@@ -259,7 +277,13 @@ def _starting_points(model: MDN, data: FitData, key: jax.Array, options: NutsOpt
     chains = options.num_chains
     if options.init is None:
         return initial_params(model, data, jax.random.split(key, chains))
-    draws = draws_from_init(options.init, model, data)
+    init = options.init
+    if isinstance(init, str):  # "auto": one MAP fit per chain
+        from bayes_mdn.inference.map import EnsembleOptions, fit_ensemble
+
+        init = fit_ensemble(model, data, key,
+                            EnsembleOptions(num_members=chains, progress=options.progress))
+    draws = draws_from_init(init, model, data)
     available = next(iter(draws.values())).shape[0]
     index = (np.arange(chains) * available) // chains
     return {name: value[index] for name, value in draws.items()}
@@ -288,8 +312,10 @@ def _to_host(tree):
 
 
 def _sample_with_checkpoints(model: MDN, data: FitData, settings: tuple, start, run_key,
-                             plan: CheckpointPlan, place) -> tuple[dict, dict]:
-    """Warm-up, then the draws in segments that end at checkpoint boundaries.
+                             plan: CheckpointPlan | None, place, bar: Any = None,
+                             segment: int | None = None) -> tuple[dict, dict]:
+    """Warm-up, then the draws in segments that end at checkpoint boundaries (`plan`) and
+    every `segment` draws per chain (progress-bar updates on `bar`).
 
     Each segment continues the chains from the previous segment's last state (its PRNG key
     included), so the draws are those of one uninterrupted run. Returns the samples and the
@@ -301,11 +327,17 @@ def _sample_with_checkpoints(model: MDN, data: FitData, settings: tuple, start, 
     def sampler(num_samples: int) -> _Sampler:
         return _sampler(model, data.shape, (settings[0], num_samples, *settings[2:]))
 
+    def next_stop(done: int) -> int:
+        stop = total if segment is None else min(total, done + segment)
+        return stop if plan is None else plan.next_stop(done, stop)
+
     samples: dict[str, list] = {}
     extra: dict[str, list] = {}
-    if plan.resumed is None:
-        state = sampler(plan.next_stop(0, total)).warmup(run_key, *args, start)
-        if plan.path is not None:
+    if plan is None or plan.resumed is None:
+        state = sampler(next_stop(0)).warmup(run_key, *args, start)
+        if bar is not None:
+            bar.update(num_warmup)
+        if plan is not None and plan.path is not None:
             plan.write(0, {"state": state}, {})
     else:
         kernel = NUTS(model.numpyro_model, dense_mass=settings[3],
@@ -320,16 +352,25 @@ def _sample_with_checkpoints(model: MDN, data: FitData, settings: tuple, start, 
         state = place(plan.restore("state", template))
         samples = {name: [value] for name, value in plan.arrays("draws").items()}
         extra = {name: [value] for name, value in plan.arrays("stats").items()}
-    done = plan.num_done
+    done = 0 if plan is None else plan.num_done
+    if bar is not None:
+        bar.update(done)
     while done < total:
-        stop = plan.next_stop(done, total)
+        stop = next_stop(done)
         new_samples, new_extra, state = sampler(stop - done).resume(state, *args)
         for name, value in _to_host(new_samples).items():
             samples.setdefault(name, []).append(value)
         for name, value in _to_host(new_extra).items():
             extra.setdefault(name, []).append(value)
+        if bar is not None:
+            steps = np.concatenate(extra["num_steps"], axis=1)
+            depth = np.ceil(np.log2(steps.astype(np.int64) + 1))
+            bar.set_postfix({"divergences": int(np.concatenate(extra["diverging"], 1).sum()),
+                             "max_depth": f"{float(np.mean(depth >= settings[5])):.0%}"},
+                            refresh=False)
+            bar.update(stop - done)
         done = stop
-        if plan.due(done, total):
+        if plan is not None and plan.due(done, total):
             plan.write(done, {"state": state}, {
                 **{f"draws/{name}": np.concatenate(value, axis=1)
                    for name, value in samples.items()},
@@ -343,19 +384,28 @@ def fit_nuts(model: MDN, data: FitData, key: jax.Array, options: NutsOptions) ->
     started = time.perf_counter()
     init_key, run_key = jax.random.split(key)
     chain_method, num_devices = options.resolved_chain_method()
+    # numpyro's own progress bar would run the sampler eagerly, step by step, from Python;
+    # ours is updated between compiled segments instead.
     settings = (options.num_warmup, options.num_samples, options.num_chains,
                 options.dense_mass, options.target_accept_prob, options.max_tree_depth,
-                chain_method, options.thinning, options.progress)
+                chain_method, options.thinning, False)
     plan = checkpoint_plan("nuts", model, data, key, options, options.num_samples)
     place = _chain_sharding(options.num_chains, num_devices)
     start = place(_starting_points(model, data, init_key, options))
-    if plan is None:
-        samples, extra, _ = _sampler(model, data.shape, settings).run(
-            run_key, data.X, data.y, data.y_scale, start)
-        samples, extra = _to_host(samples), _to_host(extra)
-    else:
-        samples, extra = _sample_with_checkpoints(model, data, settings, start, run_key, plan,
-                                                  place)
+    segment = None
+    if show_progress(options.progress) and options.num_samples % options.thinning == 0:
+        segment = math.ceil(options.num_samples / PROGRESS_SEGMENTS / options.thinning
+                            ) * options.thinning
+    with progress_bar(options.num_warmup + options.num_samples, desc="nuts",
+                      progress=options.progress, unit="draw") as bar:
+        if plan is None and segment is None:
+            samples, extra, _ = _sampler(model, data.shape, settings).run(
+                run_key, data.X, data.y, data.y_scale, start)
+            samples, extra = _to_host(samples), _to_host(extra)
+            bar.update(options.num_warmup + options.num_samples)
+        else:
+            samples, extra = _sample_with_checkpoints(model, data, settings, start, run_key,
+                                                      plan, place, bar, segment)
     names = list(model.latent_shapes(data.shape[1], data.shape[2]))
     # Back on the default device, like every other method's draws.
     draws = {name: jnp.asarray(samples[name]) for name in names}
@@ -377,7 +427,27 @@ def fit_nuts(model: MDN, data: FitData, key: jax.Array, options: NutsOptions) ->
         "num_divergent": num_divergent,
         "fraction_max_tree_depth": float(np.mean(stats["tree_depth"] >= options.max_tree_depth)),
         "num_leapfrog_steps": int(num_steps.sum()),
-        "init": None if options.init is None else options.init.method,
+        "init": (options.init if options.init is None or isinstance(options.init, str)
+                 else options.init.method),
     }
+    _warn_tree_depth(info)
     return Posterior(model=model, method="nuts", draws=draws, standardizer=data.standardizer,
                      history=final_scores(model, data, draws), sample_stats=stats, info=info)
+
+
+def _warn_tree_depth(info: dict[str, Any]) -> None:
+    """ConvergenceWarning when more than MAX_TREE_DEPTH_FRACTION of the transitions hit
+    `max_tree_depth` (trajectories cut short: slow mixing, and the usual sign that the
+    budget went into maximal trees)."""
+    share = info["fraction_max_tree_depth"]
+    if share > MAX_TREE_DEPTH_FRACTION:
+        start = ("Start the chains from fitted networks (init='auto' or init=an ensemble "
+                 "fit), " if info.get("init") is None else "")
+        warnings.warn(
+            f"{share:.0%} of the NUTS transitions hit max_tree_depth={info['max_tree_depth']} "
+            f"(more than {MAX_TREE_DEPTH_FRACTION:.0%}): trajectories were cut short, so the "
+            f"chains explore slowly and the draws are strongly autocorrelated. {start}"
+            f"{'d' if start else 'D'}raw more samples or chains, or raise max_tree_depth by "
+            "one or two (each level doubles the cost per transition); check "
+            "post.summary() for function-space R-hat and ESS.",
+            ConvergenceWarning, stacklevel=4)

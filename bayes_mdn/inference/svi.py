@@ -68,6 +68,8 @@ from bayes_mdn.inference._optim import (
     make_optimizer,
     partial_model,
     run_blocks,
+    validation_info,
+    warn_if_unconverged,
 )
 from bayes_mdn.model import MDN
 from bayes_mdn.numerics import pareto_k
@@ -376,6 +378,9 @@ def fit_svi(model: MDN, data: FitData, key: jax.Array, options: SviOptions) -> P
             "num_devices": result.num_devices,
             "init": None if options.init is None else options.init.method,
             "pareto_k": k_hat, "pareto_k_draws": NUM_PARETO_DRAWS if k_hat is not None else 0}
-    return Posterior(model=model, method="svi",
-                     draws={name: value[None] for name, value in draws.items()},
-                     standardizer=data.standardizer, history=history, info=info)
+    info.update(validation_info(options, data))
+    posterior = Posterior(model=model, method="svi",
+                          draws={name: value[None] for name, value in draws.items()},
+                          standardizer=data.standardizer, history=history, info=info)
+    warn_if_unconverged(posterior, options)
+    return posterior
