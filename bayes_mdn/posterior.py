@@ -278,7 +278,8 @@ class Posterior:
         refit : callable, optional
             ``refit(X, y, key=key) -> Posterior`` replaces the refits (``cv``).
         num_draws : int, optional
-            Posterior draws used for the PIT values (default all).
+            At most this many posterior draws (evenly spaced) for the PIT values (default
+            all).
         num_bins : int, optional
             Bins of the isotonic map; default chosen by cross-validation of the PIT values.
         identity_weight : float

@@ -391,7 +391,10 @@ def recalibrate(
     if cv is None:
         X, y = check_calibration_data(X, y, posterior.num_features, 1, MIN_POINTS[method],
                                       f"recalibrate(method={method!r})")
-        pred = posterior.predictive(X, num_draws=num_draws)
+        total = posterior.num_chains * posterior.num_draws
+        draws = None if num_draws is None else min(check_positive_int(num_draws, "num_draws"),
+                                                   total)
+        pred = posterior.predictive(X, num_draws=draws)
         pred = pred.base if isinstance(pred, RecalibratedPredictive) else pred
         u = pit_values(pred, y, key=key)
     else:
