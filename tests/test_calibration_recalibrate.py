@@ -203,7 +203,7 @@ def test_metrics_and_plots_accept_a_recalibrated_predictive(recalibrated, poster
 def test_every_public_query_is_overridden():
     """A query added to PredictiveMixture later must not silently skip the map."""
     structural = {"num_inputs", "num_outputs", "num_draws", "num_components", "batch_shape",
-                  "event_shape"}
+                  "event_shape", "max_elements"}
     public = {name for name in dir(PredictiveMixture) if not name.startswith("_")}
     missing = sorted(name for name in public - structural
                      if getattr(RecalibratedPredictive, name) is getattr(PredictiveMixture, name))
