@@ -102,7 +102,7 @@ def score(posterior, X, y) -> dict:
             "pit_ks": ks_statistic(u), "test_ll": float(np.mean(pred.log_prob(y)))}
 
 
-def run_seed(quick: bool) -> None:
+def run_seed(quick: bool, methods: tuple[str, ...] | None = None) -> None:
     setting = dict(SETTINGS[NUM_TRAIN])
     total = NUM_TRAIN + NUM_TEST
     X, y, X_test, y_test = bm.datasets.inverse_sine(jax.random.key(0), num_samples=total,
@@ -113,7 +113,10 @@ def run_seed(quick: bool) -> None:
         X_test, y_test = X_test[:2000], y_test[:2000]
     keys = {"map": 1, "ensemble": 3, "svi-normal": 5, "nuts": 8}
     rows = []
+    suffix = "" if methods is None else "_" + "_".join(methods)
     for name, fitter in seed_fitters(setting, quick).items():
+        if methods is not None and name.split(" ")[0] not in methods:
+            continue
         key = jax.random.key(keys[name.split(" ")[0]])
         post, fit_s = timed(lambda fitter=fitter, key=key: fitter(X, y, key))
         base = score(post, X_test, y_test)
@@ -143,12 +146,12 @@ def run_seed(quick: bool) -> None:
         rows.append({"method": name, "variant": "uncalibrated (all 300)",
                      **score(post_all, X_test, y_test), "fit_s": fit_s})
         print(rows[-1], flush=True)
-        _write_seed(rows, quick, X_test)
+        _write_seed(rows, quick, X_test, suffix)
 
 
-def _write_seed(rows, quick, X_test) -> None:
+def _write_seed(rows, quick, X_test, suffix="") -> None:
     """Written after every method, so that a long run leaves its finished rows."""
-    write_results("calibration_seed_recal" + ("_quick" if quick else ""),
+    write_results("calibration_seed_recal" + suffix + ("_quick" if quick else ""),
                   {"num_train": NUM_TRAIN, "num_extra": NUM_EXTRA,
                    "num_test": int(X_test.shape[0]), "score_draws": SCORE_DRAWS,
                    "nuts_options": NUTS_OPTIONS, "targets": {"coverage_90": [0.89, 0.91],
@@ -272,13 +275,19 @@ def main() -> None:
     parser.add_argument("--parts", nargs="+", default=["conformal", "uci", "seed"],
                         choices=["seed", "uci", "conformal"])
     parser.add_argument("--uci-splits", type=int, default=20, help="UCI splits (max 20)")
+    parser.add_argument("--methods", nargs="+", default=None,
+                        choices=["map", "ensemble", "svi-normal", "nuts"],
+                        help="seed part: only these methods (results file gets a suffix)")
     args = parser.parse_args()
     for part in args.parts:
         started = time.perf_counter()
         if part == "uci":
             run_uci(args.quick, args.uci_splits)
         else:
-            {"seed": run_seed, "conformal": run_conformal}[part](args.quick)
+            if part == "seed":
+                run_seed(args.quick, None if args.methods is None else tuple(args.methods))
+            else:
+                run_conformal(args.quick)
         print(f"{part}: {time.perf_counter() - started:.0f} s", flush=True)
 
 

@@ -95,7 +95,7 @@ def test_mondrian_bins_get_their_own_thresholds(posterior):
         assert covered == pytest.approx(0.9, abs=0.04)  # per-bin (conditional) guarantee
     # Bins of the predictive's spread: this predictive is the same at every input, so one
     # bin gets every row and the other none, which is refused.
-    with pytest.raises(ValueError, match="Bin 0 has 0 calibration rows.*Use fewer bins"):
+    with pytest.raises(ValueError, match=r"Bin 0 has 0 calibration rows.*Use fewer bins"):
         bm.calibration.conformal(posterior, X, y, alpha=ALPHA, bins=2)
 
 

@@ -174,13 +174,15 @@ def test_miscalibrated_known_mixture_is_fixed(posterior):
             assert statistic[0] < ks_bound
 
 
-def test_metrics_and_plots_accept_a_recalibrated_predictive(recalibrated, posterior):
+def test_metrics_and_plots_accept_a_recalibrated_predictive(posterior):
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     X, y = _mixture_data(np.random.default_rng(3), 12)
+    recalibrated = posterior.recalibrate(*_mixture_data(np.random.default_rng(8), 300),
+                                         method="beta")
     pred = recalibrated.predictive(X)
     report = bm.metrics.calibration_report(pred, y)
     for name in ("pit_cvm_statistic", "interval_width", "hdr_size", "hdr_coverage", "crps"):
