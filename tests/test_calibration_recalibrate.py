@@ -229,6 +229,7 @@ def test_cross_fitted_recalibration_refits_on_folds(posterior):
     assert cross.info["recalibration"] == {"method": "isotonic", "num_points": 200, "cv": 5}
 
 
+@pytest.mark.slow  # four real MAP fits
 def test_cross_fit_recovers_the_recorded_options():
     X, y = _mixture_data(np.random.default_rng(5), 60)
     X = X + np.random.default_rng(6).normal(size=X.shape)
