@@ -3,7 +3,15 @@
 import importlib
 from typing import Any
 
-from bayes_mdn import datasets, diagnostics, families, feature_networks, metrics, priors
+from bayes_mdn import (
+    calibration,
+    datasets,
+    diagnostics,
+    families,
+    feature_networks,
+    metrics,
+    priors,
+)
 from bayes_mdn._arviz import compare
 from bayes_mdn._compilation_cache import enable_compilation_cache
 from bayes_mdn._validation import DataWarning
@@ -23,6 +31,7 @@ __all__ = [
     "Posterior",
     "PredictiveMixture",
     "__version__",
+    "calibration",
     "compare",
     "datasets",
     "diagnostics",

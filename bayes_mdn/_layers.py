@@ -34,10 +34,10 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("arrays in, arrays out: R-hat/ESS, Pareto k, reference rows, the file container",
      ("numerics", "_archive")),
     ("predictive: the one evaluator of draws x inputs, PredictiveMixture", ("predictive.*",)),
-    ("posterior: the immutable result", ("posterior",)),
-    # Recalibration and conformal sets read Posteriors and PredictiveMixtures only; scores,
-    # reports and files may use them (a recalibrated predictive is scored like any other).
+    # Recalibration maps, the recalibrated predictive and conformal sets build on the
+    # PredictiveMixture; a Posterior carries a map and returns the recalibrated predictive.
     ("calibration: recalibration, conformal sets", ("calibration.*",)),
+    ("posterior: the immutable result", ("posterior",)),
     ("readers of results: scores, reports, files, ArviZ",
      ("metrics", "diagnostics", "_arviz", "io")),
     ("inference internals: data, optimisation loop, minibatches, checkpoints",
@@ -58,6 +58,8 @@ FACADES: frozenset[tuple[str, str]] = frozenset({
     ("posterior", "Posterior.summary"),
     ("posterior", "Posterior.to_arviz"),
     ("posterior", "Posterior.save"),
+    # The cross-fitted recalibration refits the posterior's own method on folds.
+    ("calibration.recalibrated", "_default_fit_options"),
 })
 
 PACKAGE = "bayes_mdn"

@@ -6,8 +6,9 @@ File format (``format_version`` 1): a ZIP archive holding
   "method": ..., "info": ..., "versions": ..., "arrays": [names]}``;
 * one ``.npy`` member per array: ``draws/<site>.npy`` (C, S, ...), ``history/<name>.npy``,
   ``sample_stats/<name>.npy`` (C, S; sampler statistics, NUTS only),
-  ``linearised_at/<site>.npy`` (the linearisation point of a linearised Laplace fit) and
-  ``standardizer/<name>.npy``.
+  ``linearised_at/<site>.npy`` (the linearisation point of a linearised Laplace fit),
+  ``standardizer/<name>.npy`` and, for a recalibrated posterior, ``recalibration/<name>.npy``
+  (the map's arrays; its kind and weight are ``metadata["recalibration"]``).
 
 Arrays are read with ``allow_pickle=False`` and every member is CRC-checked by the ZIP
 reader, so loading never executes code and a truncated or corrupted file is an error.
@@ -29,6 +30,7 @@ from bayes_mdn._archive import (  # re-exported: the container was defined here 
     read_archive,
     write_archive,
 )
+from bayes_mdn.calibration.maps import map_from_dict
 from bayes_mdn.model import MDN
 from bayes_mdn.posterior import Posterior
 from bayes_mdn.scaling import Standardizer
@@ -69,6 +71,10 @@ def save(posterior: Posterior, path: str | os.PathLike) -> None:
                        for k, v in posterior.linearised_at.items()})
     arrays.update({f"standardizer/{k}": v
                    for k, v in posterior.standardizer.to_arrays().items()})
+    recalibration = None
+    if posterior.recalibration is not None:
+        recalibration, map_arrays = posterior.recalibration.to_dict()
+        arrays.update({f"recalibration/{k}": v for k, v in map_arrays.items()})
     metadata = {
         "format": FORMAT_NAME,
         "format_version": FORMAT_VERSION,
@@ -79,6 +85,8 @@ def save(posterior: Posterior, path: str | os.PathLike) -> None:
         "versions": {name: _version(name) for name in ("bayes-mdn", "jax", "numpyro")},
         "arrays": sorted(arrays),
     }
+    if recalibration is not None:
+        metadata["recalibration"] = recalibration
     write_archive(destination, metadata, arrays)
 
 
@@ -127,4 +135,6 @@ def load(path: str | os.PathLike) -> Posterior:
         info=metadata.get("info", {}),
         linearised_at=({name: jnp.asarray(value) for name, value in linearised.items()}
                        if (linearised := group("linearised_at")) else None),
+        recalibration=(map_from_dict(metadata["recalibration"], group("recalibration"))
+                       if "recalibration" in metadata else None),
     )

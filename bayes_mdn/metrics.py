@@ -32,6 +32,7 @@ import numpy as np
 from jax.scipy.special import erf
 
 from bayes_mdn._validation import as_targets, check_choice, check_key, check_positive_int
+from bayes_mdn.calibration.recalibrated import RecalibratedPredictive
 from bayes_mdn.predictive import PredictiveMixture
 from bayes_mdn.predictive._kernels import (
     _flat,
@@ -330,6 +331,9 @@ def crps(
       ``mean_i |x_i - y| - 1/2 mean_{i != j} |x_i - x_j|`` from `num_samples` predictive
       samples per input, using all sample pairs (computed from the sorted sample). Its
       standard error shrinks as ``1 / sqrt(num_samples)``.
+    A :class:`~bayes_mdn.calibration.RecalibratedPredictive` (cdf ``R(F(y))``) is scored by
+    the trapezoid rule of the integral on a grid, whatever `method` says.
+
     * ``"auto"``: for Normal components, ``"closed_form"`` when S * K <= 64; above that,
       per input, the quadrature unless its grid would cost more than the closed form's
       pairs (grid points >= 2 S * K), which is then used instead. ``"sample"`` for every
@@ -377,6 +381,9 @@ def crps(
     """
     pred = _check_predictive(pred, "crps")
     method = check_choice(method, "method", ("auto", "closed_form", "quadrature", "sample"))
+    if isinstance(pred, RecalibratedPredictive):  # cdf R(F(y)), not a mixture: quadrature
+        scores = pred.crps(_check_targets(pred, y))
+        return scores if pointwise else np.mean(scores, axis=0)
     num_samples = check_positive_int(num_samples, "num_samples", minimum=2)
     if grid_size is not None:
         grid_size = check_positive_int(grid_size, "grid_size", minimum=16)
@@ -777,6 +784,7 @@ def calibration_report(
     key: jax.Array | None = None,
     crps_method: str = "auto",
     num_samples: int = 1000,
+    hdr_level: float | None = 0.9,
 ) -> dict[str, Any]:
     """Scores and calibration checks in one JSON-ready dict.
 
@@ -795,14 +803,23 @@ def calibration_report(
         ``method`` of :func:`crps`.
     num_samples : int
         Samples per input for a sampled CRPS.
+    hdr_level : float or None
+        Level of the highest-density regions whose coverage and size are reported (D = 1;
+        None skips them, e.g. to save the grid evaluations).
 
     Returns
     -------
     dict
         ``num_points`` (N), ``num_outputs`` (D), ``log_score`` (float, nats per point),
         ``crps``, ``rmse`` (of the mean), ``mae`` (of the median), ``pit_ks_statistic`` and
-        ``pit_ks_pvalue`` (lists of D floats), ``coverage`` ({level: coverage pooled over
-        outputs}) and ``coverage_per_output`` ({level: list of D floats}).
+        ``pit_ks_pvalue`` (lists of D floats), ``pit_cvm_statistic`` and ``pit_cvm_pvalue``
+        (Cramer-von Mises test of PIT uniformity, lists of D floats), ``coverage``
+        ({level: coverage pooled over outputs}), ``coverage_per_output`` ({level: list of D
+        floats}), ``interval_width`` ({level: list of D mean widths of the central
+        intervals}: sharpness beside calibration) and, for D = 1 with `hdr_level`,
+        ``hdr_coverage`` and ``hdr_size`` ({level: float}: coverage and mean total length
+        of the highest-density regions, a union of intervals where multimodal; for discrete
+        families the mean number of integers).
     """
     pred = _check_predictive(pred, "calibration_report")
     levels = _check_levels(levels)
@@ -810,8 +827,26 @@ def calibration_report(
     crps_key = pit_key = None
     if key is not None:
         crps_key, pit_key = jax.random.split(check_key(key))
-    statistic, pvalue = ks_uniform(pit(pred, targets, key=pit_key))
-    intervals = coverage(pred, targets, levels)
+    pit_values = pit(pred, targets, key=pit_key)
+    statistic, pvalue = ks_uniform(pit_values)
+    from scipy.stats import cramervonmises  # scipy comes with jax; imported only here
+
+    cvm = [cramervonmises(column, "uniform") for column in pit_values.T]
+    # Central intervals once: coverage and width from the same quantiles.
+    bounds = pred.quantiles(np.concatenate([(1 - levels) / 2, (1 + levels) / 2]))
+    lower, upper = bounds[: levels.size], bounds[levels.size:]
+    inside = (targets[None] >= lower) & (targets[None] <= upper)
+    intervals = Coverage(levels=levels, per_output=inside.mean(axis=1),
+                         num_points=pred.num_inputs, kind="central")
+    widths = np.mean(upper - lower, axis=1)  # (L, D)
+    extra: dict[str, Any] = {}
+    if hdr_level is not None and pred.num_outputs == 1:
+        regions = pred.hdr(hdr_level)
+        offset = 1.0 if _is_discrete(pred) else 0.0
+        extra["hdr_coverage"] = {float(hdr_level): float(
+            _inside_regions(regions, np.asarray(targets, np.float64)[:, 0]).mean())}
+        extra["hdr_size"] = {float(hdr_level): float(np.mean(
+            [np.sum(region[:, 1] - region[:, 0] + offset) for region in regions]))}
     return {
         "num_points": pred.num_inputs,
         "num_outputs": pred.num_outputs,
@@ -826,4 +861,9 @@ def calibration_report(
         "coverage_per_output": {float(level): row.tolist()
                                 for level, row in zip(levels, intervals.per_output,
                                                       strict=True)},
+        "pit_cvm_statistic": [float(result.statistic) for result in cvm],
+        "pit_cvm_pvalue": [float(result.pvalue) for result in cvm],
+        "interval_width": {float(level): row.tolist()
+                           for level, row in zip(levels, widths, strict=True)},
+        **extra,
     }

@@ -14,6 +14,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from bayes_mdn._validation import as_features, check_column_names, check_positive_int
+from bayes_mdn.calibration.recalibrated import RecalibratedPredictive
+from bayes_mdn.calibration.recalibrated import recalibrate as recalibrate_posterior
 from bayes_mdn.model import LINEARISED_PREFIX, MDN
 from bayes_mdn.predictive import DEFAULT_MAX_ELEMENTS, PredictiveMixture
 from bayes_mdn.scaling import Standardizer
@@ -91,6 +93,10 @@ class Posterior:
         the network is linearised (the MAP estimate; no leading axes). Every prediction
         from a draw then uses ``f(centre) + J(centre) (draw - centre)`` for the raw heads
         instead of ``f(draw)`` (see :meth:`prediction_draws`). None: the network itself.
+    recalibration : bayes_mdn.calibration.CalibrationMap, optional
+        A monotone map R of the predictive cdf set by :meth:`recalibrate`: then
+        :meth:`predictive` returns a :class:`~bayes_mdn.calibration.RecalibratedPredictive`
+        with cdf ``R(F(y))``. None: no recalibration.
     """
 
     model: MDN
@@ -102,6 +108,7 @@ class Posterior:
     sample_stats: Mapping[str, np.ndarray] = field(default_factory=dict)
     linearised_at: Mapping[str, jax.Array] | None = None
     kind: str | None = None
+    recalibration: Any = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "draws", MappingProxyType(dict(self.draws)))
@@ -250,13 +257,76 @@ class Posterior:
                                  "available; pass at most that many.")
             index = np.linspace(0, total - 1, num_draws).round().astype(int)
             draws = {name: value[index] for name, value in draws.items()}
-        return PredictiveMixture(
-            model=self.model,
-            draws=draws,
-            standardizer=self.standardizer,
-            X_std=self.standardizer.transform_X(X_checked),
-            max_elements=max_elements,
-        )
+        pieces = dict(model=self.model, draws=draws, standardizer=self.standardizer,
+                      X_std=self.standardizer.transform_X(X_checked), max_elements=max_elements)
+        if self.recalibration is None:
+            return PredictiveMixture(**pieces)
+        return RecalibratedPredictive(**pieces, recalibration=self.recalibration)
+
+    def recalibrate(self, X: Any, y: Any, *, method: str = "isotonic", cv: int | None = None,
+                    key: jax.Array | None = None, fit_options: Mapping[str, Any] | None = None,
+                    refit: Any = None, num_draws: int | None = None,
+                    num_bins: int | None = None, identity_weight: float = 0.01) -> Posterior:
+        """This posterior with its predictive recalibrated to calibrated PIT values (D = 1).
+
+        A monotone map R on [0, 1] is fitted to PIT values ``u_i = F(y_i | x_i)`` of
+        calibration rows so that ``R(u)`` is uniform; the result's :meth:`predictive` has cdf
+        ``R(F(y))``, density ``r(F(y)) f(y)`` and quantiles ``F^-1(R^-1(q))``, and every
+        query (samples, ``hdr``, ``modes``, metrics, plots) follows from them. The map is
+        saved and loaded with the posterior. See :mod:`bayes_mdn.calibration`.
+
+        Two ways to get PIT values:
+
+        * held-out rows (``cv=None``, the default): `X`, `y` must not have been used to fit;
+        * cross-fitting (``cv=k``, needs `key`): `X`, `y` are the training rows; the model is
+          refitted k times, each time without one fold, with this posterior's method and
+          options (by default those recorded in ``info``, e.g. ``num_steps``; pass
+          `fit_options` or `refit` to reproduce the fit exactly, e.g. an ``init``), and
+          the PIT values of each fold come from the fit that did not see it. One map is
+          fitted to all of them and applied to this (full) fit.
+
+        Parameters
+        ----------
+        X : array-like, shape (N, P)
+        y : array-like, shape (N,) or (N, 1)
+        method : {"isotonic", "beta"}
+            ``"isotonic"``: the smoothed isotonic fit (a monotone cubic through PIT
+            quantiles; at least 20 rows); ``"beta"``: beta calibration (3 parameters; at
+            least 10 rows).
+        cv : int, optional
+            Number of folds (>= 2) of the cross-fitted form.
+        key : PRNG key, optional
+            Needed by ``cv`` (fold split and refits) and by discrete families (randomised
+            PIT).
+        fit_options : mapping, optional
+            Options of the refits (``cv``): keyword arguments of :meth:`MDN.fit
+            <bayes_mdn.MDN.fit>` besides `method`; default recovered from ``info``.
+        refit : callable, optional
+            ``refit(X, y, key=key) -> Posterior`` replaces the refits (``cv``).
+        num_draws : int, optional
+            At most this many posterior draws (evenly spaced) for the PIT values (default
+            all).
+        num_bins : int, optional
+            Bins of the isotonic map; default chosen by cross-validation of the PIT values.
+        identity_weight : float
+            w in ``R = (1 - w) R_0 + w u``, strictly between 0 and 1: keeps r >= w.
+
+        Returns
+        -------
+        Posterior
+            With ``recalibration`` set and ``info["recalibration"]`` recording method,
+            number of PIT values and folds.
+
+        Raises
+        ------
+        ValueError
+            For D > 1, NaN or wrongly shaped data, too few rows for the method (or the
+            folds), before anything is compiled.
+        """
+        return recalibrate_posterior(self, X, y, method=method, cv=cv, key=key,
+                                     fit_options=fit_options, refit=refit,
+                                     num_draws=num_draws, num_bins=num_bins,
+                                     identity_weight=identity_weight)
 
     # ----------------------------------------------------------------------- reporting
     def summary(self) -> Summary:
