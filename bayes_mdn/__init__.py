@@ -11,6 +11,7 @@ from bayes_mdn.io import load
 from bayes_mdn.model import MDN
 from bayes_mdn.posterior import Posterior
 from bayes_mdn.predictive import PredictiveMixture
+from bayes_mdn.stacking import StackedPosterior, stack
 
 __version__ = "0.1.0"
 
@@ -19,6 +20,7 @@ __all__ = [
     "ConvergenceWarning",
     "Posterior",
     "PredictiveMixture",
+    "StackedPosterior",
     "__version__",
     "compare",
     "datasets",
@@ -30,6 +32,7 @@ __all__ = [
     "metrics",
     "plotting",
     "priors",
+    "stack",
 ]
 
 

@@ -23,6 +23,7 @@ import os
 import tempfile
 import zipfile
 import zlib
+from collections.abc import Callable
 from importlib import metadata as importlib_metadata
 from pathlib import Path
 from typing import Any
@@ -34,11 +35,15 @@ from bayes_mdn.model import MDN
 from bayes_mdn.posterior import Posterior
 from bayes_mdn.scaling import Standardizer
 
-__all__ = ["FORMAT_NAME", "FORMAT_VERSION", "load", "read_archive", "save", "write_archive"]
+__all__ = ["FORMAT_NAME", "FORMAT_VERSION", "LOADERS", "load", "read_archive", "save",
+           "write_archive"]
 
 FORMAT_NAME = "bayes_mdn.posterior"
 FORMAT_VERSION = 1
 _METADATA = "metadata.json"
+#: Readers of other archive formats that :func:`load` dispatches to by the ``format`` of
+#: their metadata.json; a higher module registers its own (bayes_mdn.stacking: stacked fits).
+LOADERS: dict[str, Callable[[Path], Any]] = {}
 
 
 def _version(package: str) -> str | None:
@@ -182,6 +187,16 @@ def read_archive(path: Path, format_name: str = FORMAT_NAME, format_version: int
     return metadata, arrays
 
 
+def _format_of(path: Path) -> str | None:
+    """The ``format`` named in an archive's metadata.json, or None if unreadable."""
+    try:
+        with zipfile.ZipFile(path, "r") as archive:
+            metadata = json.loads(archive.read(_METADATA).decode("utf-8"))
+    except Exception:  # read_archive reports what is wrong with the file
+        return None
+    return metadata.get("format") if isinstance(metadata, dict) else None
+
+
 def load(path: str | os.PathLike) -> Posterior:
     """Load a posterior written by :meth:`bayes_mdn.Posterior.save`.
 
@@ -192,7 +207,8 @@ def load(path: str | os.PathLike) -> Posterior:
     Returns
     -------
     Posterior
-        Predictions from it are bit-identical to the saved one's.
+        Predictions from it are bit-identical to the saved one's. (A file written by
+        :meth:`bayes_mdn.stacking.StackedPosterior.save` gives that StackedPosterior.)
 
     Raises
     ------
@@ -205,6 +221,9 @@ def load(path: str | os.PathLike) -> Posterior:
     source = Path(path)
     if not source.is_file():
         raise FileNotFoundError(f"No bayes_mdn file at {str(source)!r}.")
+    reader = LOADERS.get(_format_of(source))
+    if reader is not None:  # e.g. a StackedPosterior
+        return reader(source)
     metadata, arrays = read_archive(source)
 
     def group(prefix: str) -> dict[str, np.ndarray]:
