@@ -18,7 +18,7 @@ log score, and the best single K in hindsight (the K with the best mean test sco
 that stacking must match). Mean ± standard error over splits (std / sqrt(n), ddof 0), and
 the paired difference stacking - best single K.
 
-    python benchmarks/stacking.py [--quick] [--nuts] [--parts seed uci]
+    python benchmarks/stacking.py [--quick] [--nuts] [--parts seed uci] [--splits 20]
 
 Writes ``results/stacking.json`` / ``.md`` (``stacking_quick.*`` with ``--quick``).
 """
@@ -26,6 +26,7 @@ Writes ``results/stacking.json`` / ``.md`` (``stacking_quick.*`` with ``--quick`
 from __future__ import annotations
 
 import argparse
+import os
 import time
 from pathlib import Path
 
@@ -130,8 +131,8 @@ def uci_split(folder: Path, split: int, steps: int, members: int) -> dict:
     return {"scores": scores, "weights": weights}
 
 
-def run_uci(quick: bool, data: Path, datasets) -> tuple[list[dict], dict]:
-    num_splits, steps, members = (2, 300, 3) if quick else (20, 1000, 5)
+def run_uci(quick: bool, data: Path, datasets, splits: int = 20) -> tuple[list[dict], dict]:
+    num_splits, steps, members = (2, 300, 3) if quick else (splits, 1000, 5)
     rows, details = [], {}
     for dataset in datasets:
         started = time.perf_counter()
@@ -156,33 +157,45 @@ def run_uci(quick: bool, data: Path, datasets) -> tuple[list[dict], dict]:
     return rows, {"details": details, "num_steps": steps, "num_members": members}
 
 
+def table_rows(rows: list[dict]) -> list[dict]:
+    """Rows for the Markdown table: weights as a string."""
+    return [{k: v for k, v in row.items() if k != "weights"}
+            | ({"weights": str(row["weights"])} if "weights" in row else {}) for row in rows]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="tiny budgets: a smoke run")
     parser.add_argument("--nuts", action="store_true", help="also NUTS fits on the seed data")
     parser.add_argument("--parts", nargs="+", default=["seed", "uci"], choices=("seed", "uci"))
     parser.add_argument("--datasets", nargs="+", default=list(DATASETS))
+    parser.add_argument("--splits", type=int, default=20, help="first N UCI splits (max 20)")
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
     args = parser.parse_args()
     started = time.perf_counter()
-    rows, extra = [], {}
+    name = "stacking_quick" if args.quick else "stacking"
+    rows: list[dict] = []
+    extra: dict = {"details": {}}
+
+    def save() -> None:
+        """Rewrite the results after every part, so a stopped run keeps what it made."""
+        settings = {"seed_components": SEED_COMPONENTS, "uci_components": UCI_COMPONENTS,
+                    "nuts": args.nuts, "quick": args.quick, "goal": GOAL,
+                    "uci_splits": 2 if args.quick else args.splits,
+                    "elapsed_s": time.perf_counter() - started,
+                    "load_average": list(os.getloadavg())}
+        write_results(name, {"settings": settings, **extra}, table_rows(rows))
+
     if "seed" in args.parts:
         rows += run_seed(args.quick, args.nuts)
+        save()
     if "uci" in args.parts:
-        uci_rows, extra = run_uci(args.quick, args.data,
-                                  args.datasets[:2] if args.quick else args.datasets)
-        rows += uci_rows
-    name = "stacking_quick" if args.quick else "stacking"
-    if args.parts != ["seed", "uci"]:
-        name += "_" + "_".join(args.parts)
-    settings = {"seed_components": SEED_COMPONENTS, "uci_components": UCI_COMPONENTS,
-                "nuts": args.nuts, "quick": args.quick, "goal": GOAL,
-                "total_s": time.perf_counter() - started, "load_average": list(
-                    __import__("os").getloadavg())}
-    write_results(name, {"settings": settings, **extra},
-                  [{k: v for k, v in row.items() if k != "weights"} | (
-                      {"weights": str(row["weights"])} if "weights" in row else {})
-                   for row in rows])
+        for dataset in (args.datasets[:2] if args.quick else args.datasets):
+            uci_rows, part = run_uci(args.quick, args.data, [dataset], args.splits)
+            rows += uci_rows
+            extra["details"].update(part.pop("details"))
+            extra.update(part)
+            save()
 
 
 if __name__ == "__main__":
