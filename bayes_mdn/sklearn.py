@@ -39,6 +39,8 @@ except ImportError:  # pragma: no cover - older scikit-learn
 import jax
 
 from bayes_mdn import priors as _priors
+from bayes_mdn._validation import check_choice
+from bayes_mdn.inference import METHODS
 from bayes_mdn.io import load
 from bayes_mdn.model import MDN
 from bayes_mdn.posterior import Posterior
@@ -191,7 +193,16 @@ class MDNRegressor(RegressorMixin, BaseEstimator):
         if not isinstance(extra, dict):
             raise TypeError(f"`fit_options` must be a dict of MDN.fit options; got "
                             f"{type(extra).__name__}.")
-        return {**options, **extra}
+        options = {**options, **extra}
+        # Checked here too (MDN.fit repeats it), so that a bad option fails before the key.
+        options_type = METHODS[check_choice(self.method, "method", METHODS)][0]
+        unknown = sorted(set(options) - set(options_type.__dataclass_fields__))
+        if unknown:
+            raise TypeError(f"fit(method={self.method!r}) got unknown options {unknown} (from "
+                            f"`fit_options`); valid options are "
+                            f"{sorted(options_type.__dataclass_fields__)}.")
+        options_type(**options)
+        return options
 
     def _key(self) -> jax.Array:
         seed = 0 if self.random_state is None else self.random_state
