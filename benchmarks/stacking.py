@@ -100,7 +100,7 @@ def run_seed(quick: bool, nuts: bool) -> list[dict]:
                          "best_single": best_single["model"],
                          "minus_best_single": test_ll - best_single["test_ll"],
                          "weights": {n: round(w, 4) for n, w in stacked.weight_of.items()
-                                     if w > 0},
+                                     if round(w, 4) > 0},
                          "max_pareto_k": max(stacked.info.get("max_pareto_k", {0: 0}).values())})
     for row in rows:
         row.update(goal=GOAL, exact_ll=exact)
