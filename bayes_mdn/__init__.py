@@ -20,6 +20,7 @@ from bayes_mdn.io import load
 from bayes_mdn.model import MDN
 from bayes_mdn.posterior import Posterior
 from bayes_mdn.predictive import PredictiveMixture
+from bayes_mdn.stacking import StackedPosterior, stack
 from bayes_mdn.tables import predict_table
 
 __version__ = "0.1.0"
@@ -30,6 +31,7 @@ __all__ = [
     "DataWarning",
     "Posterior",
     "PredictiveMixture",
+    "StackedPosterior",
     "__version__",
     "calibration",
     "compare",
@@ -44,6 +46,7 @@ __all__ = [
     "plotting",
     "predict_table",
     "priors",
+    "stack",
 ]
 
 

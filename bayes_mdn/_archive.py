@@ -21,7 +21,7 @@ from typing import Any
 import jax
 import numpy as np
 
-__all__ = ["FORMAT_NAME", "FORMAT_VERSION", "read_archive", "write_archive"]
+__all__ = ["FORMAT_NAME", "FORMAT_VERSION", "format_of", "read_archive", "write_archive"]
 
 #: The format of a saved posterior (a checkpoint's is ``"bayes_mdn.checkpoint"``).
 FORMAT_NAME = "bayes_mdn.posterior"
@@ -124,3 +124,13 @@ def read_archive(path: Path, format_name: str = FORMAT_NAME, format_version: int
             f"{str(path)!r} is not a readable bayes_mdn file (truncated or corrupted?): {error}"
         ) from None
     return metadata, arrays
+
+
+def format_of(path: Path) -> str | None:
+    """The ``format`` named in an archive's metadata.json, or None if unreadable."""
+    try:
+        with zipfile.ZipFile(path, "r") as archive:
+            metadata = json.loads(archive.read(_METADATA).decode("utf-8"))
+    except Exception:  # read_archive reports what is wrong with the file
+        return None
+    return metadata.get("format") if isinstance(metadata, dict) else None

@@ -18,8 +18,10 @@ Writes go to a temporary file in the same folder, then ``os.replace`` it into pl
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from importlib import metadata as importlib_metadata
 from pathlib import Path
+from typing import Any
 
 import jax.numpy as jnp
 import numpy as np
@@ -27,6 +29,7 @@ import numpy as np
 from bayes_mdn._archive import (  # re-exported: the container was defined here before
     FORMAT_NAME,
     FORMAT_VERSION,
+    format_of,
     read_archive,
     write_archive,
 )
@@ -35,8 +38,12 @@ from bayes_mdn.model import MDN
 from bayes_mdn.posterior import Posterior
 from bayes_mdn.scaling import Standardizer
 
-__all__ = ["FORMAT_NAME", "FORMAT_VERSION", "load", "read_archive", "save", "write_archive"]
+__all__ = ["FORMAT_NAME", "FORMAT_VERSION", "LOADERS", "load", "read_archive", "save",
+           "write_archive"]
 
+#: Readers of other archive formats that :func:`load` dispatches to by the ``format`` of
+#: their metadata.json; a higher module registers its own (bayes_mdn.stacking: stacked fits).
+LOADERS: dict[str, Callable[[Path], Any]] = {}
 
 
 def _version(package: str) -> str | None:
@@ -100,7 +107,8 @@ def load(path: str | os.PathLike) -> Posterior:
     Returns
     -------
     Posterior
-        Predictions from it are bit-identical to the saved one's.
+        Predictions from it are bit-identical to the saved one's. (A file written by
+        :meth:`bayes_mdn.stacking.StackedPosterior.save` gives that StackedPosterior.)
 
     Raises
     ------
@@ -113,6 +121,9 @@ def load(path: str | os.PathLike) -> Posterior:
     source = Path(path)
     if not source.is_file():
         raise FileNotFoundError(f"No bayes_mdn file at {str(source)!r}.")
+    reader = LOADERS.get(format_of(source))
+    if reader is not None:  # e.g. a StackedPosterior
+        return reader(source)
     metadata, arrays = read_archive(source)
 
     def group(prefix: str) -> dict[str, np.ndarray]:

@@ -75,7 +75,8 @@ _SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
 
 # --------------------------------------------------------------------------- validation
 def _check_predictive(pred: Any, function: str) -> PredictiveMixture:
-    if isinstance(pred, PredictiveMixture):
+    # Also predictives that answer the same public queries, e.g. a StackedPredictive.
+    if isinstance(pred, PredictiveMixture) or getattr(pred, "__bayes_mdn_predictive__", False):
         return pred
     hint = (" Call posterior.predictive(X_test) first." if hasattr(pred, "predictive")
             else "")
@@ -119,6 +120,8 @@ def _family_name(pred: PredictiveMixture) -> str:
 
 
 def _is_discrete(pred: PredictiveMixture) -> bool:
+    if not isinstance(pred, PredictiveMixture):  # a StackedPredictive says so itself
+        return bool(pred.discrete)
     return bool(getattr(pred.model.family, "discrete", False))
 
 
@@ -380,6 +383,9 @@ def crps(
     array([0.2337])
     """
     pred = _check_predictive(pred, "crps")
+    if not isinstance(pred, PredictiveMixture):  # e.g. StackedPredictive.crps
+        return pred.crps(y, pointwise=pointwise, method=method, key=key,
+                         num_samples=num_samples, grid_size=grid_size)
     method = check_choice(method, "method", ("auto", "closed_form", "quadrature", "sample"))
     if isinstance(pred, RecalibratedPredictive):  # cdf R(F(y)), not a mixture: quadrature
         scores = pred.crps(_check_targets(pred, y))
