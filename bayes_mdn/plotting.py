@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any
 import jax
 import numpy as np
 
+from bayes_mdn._photoz_plots import plot_nz, plot_pdz, plot_zphot_zspec
 from bayes_mdn._validation import as_features, as_targets, check_key, check_positive_int
 
 if TYPE_CHECKING:
@@ -20,10 +21,13 @@ __all__ = [
     "plot_coverage",
     "plot_elbo",
     "plot_mixture",
+    "plot_nz",
+    "plot_pdz",
     "plot_pit",
     "plot_predictive_samples",
     "plot_rank",
     "plot_training_curves",
+    "plot_zphot_zspec",
 ]
 
 
