@@ -542,7 +542,9 @@ def photoz_report(
             raise ValueError(f"`z_true` must have one value per input of the predictive "
                              f"({pred.num_inputs}); got {z_true.size}.")
         pdf = np.exp(pred.log_prob_grid(grid))
-        log_score = metrics.log_score(pred, z_true)
+        log_density = metrics.log_score(pred, z_true, pointwise=True)
+        log_score = float(np.mean(log_density))
+        cde = _cde_loss_exact(pdf, grid, log_density)
         crps = float(metrics.crps(pred, z_true)[0])
         pit_values = metrics.pit(pred, z_true)[:, 0]
         density, below = "exact", 0
@@ -553,6 +555,7 @@ def photoz_report(
         log_score = float(np.mean(np.log(np.maximum(at_true, min_density))))
         crps = float(np.mean(gridded_crps(pdf, grid, z_true)))
         pit_values = gridded_cdf(pdf, grid, z_true)
+        cde = cde_loss(pdf, grid, z_true)
         density = "grid"
     if z_phot is None:
         z_phot = grid[np.argmax(pdf, axis=1)]
@@ -569,15 +572,13 @@ def photoz_report(
         "outlier_rate_0.15": outlier_rate(z_phot, z_true, threshold="classic"),
         "log_score": log_score,
         "crps": crps,
-        "cde_loss": cde_loss(pdf, grid, z_true) if density == "grid" else _cde_exact_grid(
-            pdf, grid, z_true, pred),
+        "cde_loss": cde,
         "num_below_floor": below,
         **{f"pit_{name}": value for name, value in pit_tests(pit_values).items()},
     }
 
 
-def _cde_exact_grid(pdf: np.ndarray, grid: np.ndarray, z_true: np.ndarray, pred: Any
-                    ) -> float:
+def _cde_loss_exact(pdf: np.ndarray, grid: np.ndarray, log_density: np.ndarray) -> float:
     """CDE loss of a predictive: ``integral p^2`` on the grid, ``p(z_true)`` exact."""
     square = np.trapezoid(np.square(pdf), grid, axis=1)
-    return float(np.mean(square) - 2.0 * np.mean(np.exp(pred.log_prob(z_true))))
+    return float(np.mean(square) - 2.0 * np.mean(np.exp(log_density)))

@@ -7,11 +7,13 @@ rows, ``TUNE_FRACTION``, held out for tuning); the validation file is scored onc
 
 Methods, all on the same split:
 
-* bayes_mdn ``ensemble`` (deep ensemble of MAP fits of an MDN) and ``svi`` (mean-field
-  Gaussian variational posterior started from a MAP fit). Inputs: the i magnitude, the five
-  adjacent colours and a u non-detection flag, after replacing each non-detection (and
-  each fainter-than-the-limit magnitude) by a limiting magnitude per band, the 99th
-  percentile of the training galaxies' detected magnitudes in that band (:func:`features`).
+* bayes_mdn ``ensemble`` (deep ensemble of 5 MAP fits of an MDN with 10 Normal
+  components, two hidden layers of 64 tanh units, ``FanInNormal(1.0)`` prior) and ``svi``
+  (mean-field Gaussian variational posterior of the same MDN started from a MAP fit).
+  Inputs: the i magnitude, the five adjacent colours and a u non-detection flag, after
+  replacing each non-detection (and each fainter-than-the-limit magnitude) by a limiting
+  magnitude per band, the 99th percentile of the training galaxies' detected magnitudes
+  in that band (:func:`features`).
   Only the number of Adam steps is tuned: the best held-out log-likelihood of one MAP fit
   on the other 80 % of the training rows, then every fit uses that count on all of them.
 * FlexZBoost (``pz-rail-flexzboost``: FlexCode with XGBoost; RAIL tunes its bump threshold
@@ -48,6 +50,8 @@ neither JAX nor bayes_mdn), which writes each p(z) grid to a temporary folder; t
 process fits bayes_mdn, scores everything and writes ``results/photoz.json`` and
 ``results/photoz.md`` (``photoz_quick.*`` with ``--quick``: 3000 validation galaxies,
 shorter fits). Without ``--peers-python`` only bayes_mdn runs. ``--peers`` picks a subset.
+The peers can also run on their own first, ``<peers python> benchmarks/photoz.py --run-peers
+FOLDER``, and be merged with ``--peers-from FOLDER``.
 """
 
 from __future__ import annotations
@@ -171,7 +175,7 @@ def _ngboost_peer(train, valid, quick: bool):
     X, y = features(train, limits, flags), train["redshift"].to_numpy()
     X_valid = features(valid, limits, flags)
     fit_rows, held_rows = tune_split(len(X))
-    max_rounds = 300 if quick else 3000
+    max_rounds = 300 if quick else 1500
     started = time.perf_counter()
     tuner = NGBRegressor(Dist=Normal, n_estimators=max_rounds, random_state=SEED,
                          verbose=False)
@@ -256,9 +260,15 @@ def tune_steps(model, X, y, key, max_steps: int) -> tuple[int, list]:
     return best, [[int(s), float(c)] for s, c in zip(steps, curve, strict=True)]
 
 
-def run_bayes_mdn(train, valid, quick: bool) -> dict:
+def run_bayes_mdn(train, valid, quick: bool, workdir: Path) -> dict:
+    """Tune, fit the ensemble and the SVI recipes, and predict the validation galaxies.
+
+    Each fitted posterior is saved in `workdir` (with its timings); a later run given the
+    same `workdir` loads it instead of fitting again.
+    """
     import jax
 
+    import bayes_mdn as bm
 
     limits, flags = limiting_magnitudes(train), flagged_bands(train)
     X, y = features(train, limits, flags), train["redshift"].to_numpy()
@@ -266,47 +276,59 @@ def run_bayes_mdn(train, valid, quick: bool) -> dict:
     key_tune, key_fit, key_svi = jax.random.split(jax.random.key(SEED), 3)
     num_components, hidden = 10, 64
     num_members = 3 if quick else 5
-    max_steps = 600 if quick else 3000
+    max_steps = 600 if quick else 2000
     model = make_model(num_components, hidden)
-    out = {"settings": {"features": "i, u-g, g-r, r-i, i-z, z-y, non-detection flags "
-                        f"{[BANDS[j] for j in flags]}", "limits": limits.tolist(),
-                        "num_components": num_components, "hidden_sizes": [hidden, hidden],
-                        "prior": "FanInNormal(1.0)", "num_members": num_members}}
-    started = time.perf_counter()
-    steps, curve = tune_steps(model, X, y, key_tune, max_steps)
-    tune_seconds = time.perf_counter() - started
-    print(f"[bayes_mdn] tuned steps {steps} ({tune_seconds:.0f} s)", file=sys.stderr, flush=True)
-    out["settings"].update(num_steps=steps, tune_curve=curve, tune_seconds=tune_seconds)
+    workdir.mkdir(parents=True, exist_ok=True)
+    settings_file = workdir / "settings.json"
+    if settings_file.exists():
+        settings = json.loads(settings_file.read_text())
+    else:
+        started = time.perf_counter()
+        steps, curve = tune_steps(model, X, y, key_tune, max_steps)
+        settings = {
+            "features": "i, u-g, g-r, r-i, i-z, z-y, non-detection flags "
+                        f"{[BANDS[j] for j in flags]}",
+            "limits": limits.tolist(), "num_components": num_components,
+            "hidden_sizes": [hidden, hidden], "activation": "tanh",
+            "prior": "FanInNormal(1.0)", "num_members": num_members,
+            "fit_options": FIT_OPTIONS, "max_steps": max_steps, "num_steps": steps,
+            "tune_curve": curve, "tune_seconds": time.perf_counter() - started}
+        settings_file.write_text(json.dumps(settings, indent=2))
+    steps = settings["num_steps"]
+    print(f"[bayes_mdn] tuned steps {steps} ({settings['tune_seconds']:.0f} s)",
+          file=sys.stderr, flush=True)
 
-    started = time.perf_counter()
-    ensemble = model.fit(X, y, key=key_fit, method="ensemble", num_members=num_members,
+    def ensemble_fit():
+        return model.fit(X, y, key=key_fit, method="ensemble", num_members=num_members,
                          num_steps=steps, **FIT_OPTIONS)
-    fit_ens = time.perf_counter() - started
-    started = time.perf_counter()
-    pred = ensemble.predictive(X_valid)
-    pdf = np.exp(pred.log_prob_grid(GRID))
-    predict_ens = time.perf_counter() - started
-    out["ensemble"] = {"pdf": pdf, "pred": pred, "fit_seconds": fit_ens,
-                       "predict_seconds": predict_ens}
-    print(f"[bayes_mdn] ensemble: fit {fit_ens:.0f} s, predict {predict_ens:.0f} s",
-          file=sys.stderr, flush=True)
 
-    # SVI: a mean-field Gaussian posterior over every weight, started from the MAP fit of
-    # its own key, with as many steps again.
-    svi_steps = steps
-    started = time.perf_counter()
-    start = model.fit(X, y, key=key_svi, method="map", num_steps=steps, **FIT_OPTIONS)
-    svi = model.fit(X, y, key=key_svi, method="svi", guide="normal", init=start,
-                    num_steps=svi_steps, num_draws=32 if quick else 64)
-    fit_svi = time.perf_counter() - started
-    started = time.perf_counter()
-    pred_svi = svi.predictive(X_valid)
-    pdf_svi = np.exp(pred_svi.log_prob_grid(GRID))
-    predict_svi = time.perf_counter() - started
-    out["svi"] = {"pdf": pdf_svi, "pred": pred_svi, "fit_seconds": fit_svi,
-                  "predict_seconds": predict_svi}
-    print(f"[bayes_mdn] svi: fit {fit_svi:.0f} s, predict {predict_svi:.0f} s",
-          file=sys.stderr, flush=True)
+    # SVI: a mean-field Gaussian posterior over every weight, started from a MAP fit (its
+    # own key, the tuned step count), then at most 800 SVI steps (the guide's centre starts
+    # at the optimum; the steps mostly fit its scales).
+    def svi_fit():
+        start = model.fit(X, y, key=key_svi, method="map", num_steps=steps, **FIT_OPTIONS)
+        return model.fit(X, y, key=key_svi, method="svi", guide="normal", init=start,
+                         num_steps=min(steps, 800), num_draws=32 if quick else 64)
+
+    out = {"settings": settings}
+    for name, fit in (("ensemble", ensemble_fit), ("svi", svi_fit)):
+        saved, timing_file = workdir / f"{name}.bmdn", workdir / f"{name}.json"
+        if saved.exists() and timing_file.exists():
+            post, fit_seconds = bm.load(saved), json.loads(timing_file.read_text())["fit"]
+        else:
+            started = time.perf_counter()
+            post = fit()
+            fit_seconds = time.perf_counter() - started
+            post.save(saved)
+            timing_file.write_text(json.dumps({"fit": fit_seconds}))
+        started = time.perf_counter()
+        pred = post.predictive(X_valid)
+        pdf = np.exp(pred.log_prob_grid(GRID))
+        predict_seconds = time.perf_counter() - started
+        out[name] = {"pdf": pdf, "pred": pred, "fit_seconds": fit_seconds,
+                     "predict_seconds": predict_seconds}
+        print(f"[bayes_mdn] {name}: fit {fit_seconds:.0f} s, predict {predict_seconds:.0f} s",
+              file=sys.stderr, flush=True)
     return out
 
 
@@ -344,6 +366,13 @@ def main() -> None:
                         help="3000 validation galaxies, short fits: a smoke run")
     parser.add_argument("--peers-python", help="python of the venv with the peers installed")
     parser.add_argument("--peers", nargs="+", default=list(PEERS), choices=PEERS)
+    parser.add_argument("--peers-from", type=Path,
+                        help="merge the peers' results already written to this folder by "
+                             "`<peers python> benchmarks/photoz.py --run-peers FOLDER`")
+    parser.add_argument("--workdir", type=Path,
+                        help="folder for bayes_mdn's fitted posteriors; a rerun with the same "
+                             "folder loads them instead of fitting (default: a new temporary "
+                             "folder)")
     parser.add_argument("--run-peers", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.run_peers is not None:  # the subprocess in the peers' venv
@@ -359,19 +388,25 @@ def main() -> None:
     rows_valid = validation_rows(len(valid), args.quick)
     valid = valid.iloc[rows_valid]
     z_true = valid["redshift"].to_numpy()
-    peer_dir = Path(tempfile.mkdtemp(prefix="photoz_peers_"))
+    peer_dir = args.peers_from or Path(tempfile.mkdtemp(prefix="photoz_peers_"))
     peers_info = {}
-    if args.peers_python:
+    if args.peers_python and not args.peers_from:
         command = [args.peers_python, str(Path(__file__).resolve()), "--run-peers",
                    str(peer_dir), "--data", str(args.data), "--peers", *args.peers]
         if args.quick:
             command.append("--quick")
         # Beside the bayes_mdn fits (the two processes share the CPUs; see the docstring).
         peers = subprocess.Popen(command)
-    ours = run_bayes_mdn(train, valid, args.quick)
-    if args.peers_python:
+    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="photoz_bayes_mdn_"))
+    ours = run_bayes_mdn(train, valid, args.quick, workdir)
+    if args.peers_python and not args.peers_from:
         if peers.wait() != 0:
             raise RuntimeError(f"the peers' process failed (exit code {peers.returncode})")
+    if args.peers_python or args.peers_from:
+        for _ in range(720):  # --peers-from a run still going: wait for it (up to 2 h)
+            if (peer_dir / "peers.json").exists():
+                break
+            time.sleep(10)
         peers_info = json.loads((peer_dir / "peers.json").read_text())
 
     rows, details = [], {}
@@ -397,7 +432,7 @@ def main() -> None:
     print(table)
     suffix = "_quick" if args.quick else ""
     RESULTS.mkdir(exist_ok=True)
-    payload = {"settings": {**ours["settings"], "grid": [0.0, 3.0, 301],
+    payload = {"settings": {**ours["settings"], "grid": [0.0, 3.0, 301], "seed": SEED,
                             "num_training": len(train), "num_validation": len(valid),
                             "tune_fraction": TUNE_FRACTION, "quick": args.quick,
                             "peer_versions": peers_info.get("versions", {}),
