@@ -220,17 +220,25 @@ def run_peers(names: list[str], data: Path, out: Path, quick: bool) -> None:
         record[name] = {"fit_seconds": fit_s, "predict_seconds": predict_s, **info}
         print(f"[peers] {name}: fit {fit_s:.1f} s, predict {predict_s:.1f} s", file=sys.stderr,
               flush=True)
-    versions = {}
+        _write_peers_json(out, record, done=False)
+    _write_peers_json(out, record, done=True)
+
+
+def _write_peers_json(out: Path, record: dict, *, done: bool) -> None:
+    """``peers.json`` after each peer (``partial.json`` until the last), atomically."""
     from importlib.metadata import PackageNotFoundError, version
 
+    versions = {}
     for package in ("pz-rail-base", "pz-rail-flexzboost", "pz-rail-sklearn", "pz-rail-pzflow",
                     "pzflow", "ngboost", "xgboost", "qp-prob", "scikit-learn"):
         try:
             versions[package] = version(package)
         except PackageNotFoundError:
             versions[package] = None
-    (out / "peers.json").write_text(json.dumps({"peers": record, "versions": versions},
-                                               indent=2))
+    target = out / ("peers.json" if done else "partial.json")
+    temporary = target.with_suffix(".tmp")
+    temporary.write_text(json.dumps({"peers": record, "versions": versions}, indent=2))
+    temporary.replace(target)
 
 
 def validation_rows(num_rows: int, quick: bool) -> np.ndarray:
@@ -366,9 +374,10 @@ def main() -> None:
                         help="3000 validation galaxies, short fits: a smoke run")
     parser.add_argument("--peers-python", help="python of the venv with the peers installed")
     parser.add_argument("--peers", nargs="+", default=list(PEERS), choices=PEERS)
-    parser.add_argument("--peers-from", type=Path,
-                        help="merge the peers' results already written to this folder by "
-                             "`<peers python> benchmarks/photoz.py --run-peers FOLDER`")
+    parser.add_argument("--peers-from", type=Path, nargs="+",
+                        help="merge the peers' results written to these folders by "
+                             "`<peers python> benchmarks/photoz.py --run-peers FOLDER "
+                             "[--peers ...]` (waits for runs still going)")
     parser.add_argument("--workdir", type=Path,
                         help="folder for bayes_mdn's fitted posteriors; a rerun with the same "
                              "folder loads them instead of fitting (default: a new temporary "
@@ -388,8 +397,9 @@ def main() -> None:
     rows_valid = validation_rows(len(valid), args.quick)
     valid = valid.iloc[rows_valid]
     z_true = valid["redshift"].to_numpy()
-    peer_dir = args.peers_from or Path(tempfile.mkdtemp(prefix="photoz_peers_"))
-    peers_info = {}
+    peer_dirs = args.peers_from or [Path(tempfile.mkdtemp(prefix="photoz_peers_"))]
+    peer_dir = peer_dirs[0]
+    peers_info = {"peers": {}, "versions": {}}
     if args.peers_python and not args.peers_from:
         command = [args.peers_python, str(Path(__file__).resolve()), "--run-peers",
                    str(peer_dir), "--data", str(args.data), "--peers", *args.peers]
@@ -402,12 +412,17 @@ def main() -> None:
     if args.peers_python and not args.peers_from:
         if peers.wait() != 0:
             raise RuntimeError(f"the peers' process failed (exit code {peers.returncode})")
+    peer_files = {}
     if args.peers_python or args.peers_from:
-        for _ in range(720):  # --peers-from a run still going: wait for it (up to 2 h)
-            if (peer_dir / "peers.json").exists():
-                break
-            time.sleep(10)
-        peers_info = json.loads((peer_dir / "peers.json").read_text())
+        for folder in peer_dirs:
+            for _ in range(720):  # --peers-from a run still going: wait for it (up to 2 h)
+                if (folder / "peers.json").exists():
+                    break
+                time.sleep(10)
+            info = json.loads((folder / "peers.json").read_text())
+            peers_info["peers"].update(info["peers"])
+            peers_info["versions"].update(info["versions"])
+            peer_files.update({name: folder / f"{name}.npy" for name in info["peers"]})
 
     rows, details = [], {}
     for name in ("ensemble", "svi"):
@@ -422,7 +437,7 @@ def main() -> None:
         if "error" in info:
             details[name] = info
             continue
-        pdf = np.load(peer_dir / f"{name}.npy").astype(np.float64)
+        pdf = np.load(peer_files[name]).astype(np.float64)
         report = bm.metrics.photoz_report(pdf, z_true, grid=GRID)
         rows.append({"method": name, **report, "fit_seconds": info["fit_seconds"],
                      "predict_seconds": info["predict_seconds"]})
