@@ -28,7 +28,8 @@ Every method's p(z) is evaluated on RAIL's grid (0 to 3 by 0.01, normalised ther
 scored by the same code (on the validation galaxies with z <= 3: the two beyond the grid,
 where no peer puts any density, are left out and counted),
 :func:`bayes_mdn.metrics.photoz_report` (sigma_IQR, sigma_NMAD, median bias, outlier
-rates with the RAIL rule and 0.15, log score with densities floored at 1e-4, CRPS, CDE loss, PIT KS/CvM/AD) on the mode of p(z) as the point estimate; for
+rates with the RAIL rule and 0.15, log score with densities floored at 1e-4, CRPS, CDE
+loss, PIT KS/CvM/AD) on the mode of p(z) as the point estimate; for
 bayes_mdn the exact scores (log score, CRPS and PIT of the mixture itself) are recorded too.
 Fit and predict seconds are wall-clock, one run, with the peers' process running beside
 bayes_mdn's (so both share the machine; on a loaded machine they are orders of magnitude,
