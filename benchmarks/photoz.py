@@ -35,6 +35,10 @@ Fit and predict seconds are wall-clock, one run, with the peers' process running
 bayes_mdn's (so both share the machine; on a loaded machine they are orders of magnitude,
 not ratios).
 
+pzflow is slow on CPUs (on a loaded 2-core machine its ``--quick`` run, 5 epochs and 3000
+galaxies, took 539 s to fit and 297 s to predict); leave it out with ``--peers FlexZBoost
+kNN NGBoost`` where that is too long.
+
 The peers live in their own virtual environment, so their pins never touch bayes_mdn's::
 
     python3 -m venv /path/venv-photoz
