@@ -39,7 +39,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("calibration: recalibration, conformal sets", ("calibration.*",)),
     ("posterior: the immutable result", ("posterior",)),
     ("readers of results: scores, reports, files, ArviZ",
-     ("metrics", "diagnostics", "_arviz", "io")),
+     ("metrics", "_photoz_metrics", "_photoz_plots", "diagnostics", "_arviz", "io")),
     ("inference internals: data, optimisation loop, minibatches, checkpoints",
      ("inference._data", "inference._holdout", "inference._optim", "inference._minibatch",
       "inference._checkpoint")),

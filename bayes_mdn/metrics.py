@@ -31,6 +31,20 @@ import jax.numpy as jnp
 import numpy as np
 from jax.scipy.special import erf
 
+from bayes_mdn._photoz_metrics import (
+    anderson_darling_uniform,
+    cde_loss,
+    gridded_cdf,
+    gridded_crps,
+    gridded_density,
+    median_bias,
+    outlier_rate,
+    photoz_dz,
+    photoz_report,
+    pit_tests,
+    sigma_iqr,
+    sigma_nmad,
+)
 from bayes_mdn._validation import as_targets, check_choice, check_key, check_positive_int
 from bayes_mdn.calibration.recalibrated import RecalibratedPredictive
 from bayes_mdn.predictive import PredictiveMixture
@@ -47,14 +61,26 @@ from bayes_mdn.predictive._kernels import (
 
 __all__ = [
     "Coverage",
+    "anderson_darling_uniform",
     "calibration_report",
+    "cde_loss",
     "coverage",
     "crps",
+    "gridded_cdf",
+    "gridded_crps",
+    "gridded_density",
     "ks_uniform",
     "log_score",
     "mae",
+    "median_bias",
+    "outlier_rate",
+    "photoz_dz",
+    "photoz_report",
     "pit",
+    "pit_tests",
     "rmse",
+    "sigma_iqr",
+    "sigma_nmad",
 ]
 
 #: Default probability levels of :func:`coverage` and :func:`calibration_report`.

@@ -8,6 +8,7 @@ import jax
 import numpy as np
 
 from bayes_mdn import metrics
+from bayes_mdn._photoz_plots import plot_nz, plot_pdz, plot_zphot_zspec
 from bayes_mdn._validation import (
     as_features,
     as_targets,
@@ -29,10 +30,13 @@ __all__ = [
     "plot_coverage",
     "plot_elbo",
     "plot_mixture",
+    "plot_nz",
+    "plot_pdz",
     "plot_pit",
     "plot_predictive_samples",
     "plot_rank",
     "plot_training_curves",
+    "plot_zphot_zspec",
 ]
 
 

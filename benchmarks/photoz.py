@@ -1,0 +1,476 @@
+"""Photo-z benchmark on the LSST DESC RAIL DC2 test set: bayes_mdn against the field's estimators.
+
+Data: ``../shared/data/photoz`` beside the checkout (or ``--data``): 10 225 training and
+20 449 validation galaxies with six LSST magnitudes (non-detections coded 99) and the true
+redshift. Everything is fitted and tuned on the training file only (a fixed 20 % of its
+rows, ``TUNE_FRACTION``, held out for tuning); the validation file is scored once.
+
+Methods, all on the same split:
+
+* bayes_mdn ``ensemble`` (deep ensemble of 5 MAP fits of an MDN with 10 Normal
+  components, two hidden layers of 64 tanh units, ``FanInNormal(1.0)`` prior) and ``svi``
+  (mean-field Gaussian variational posterior of the same MDN started from a MAP fit).
+  Inputs: the i magnitude, the five adjacent colours and a u non-detection flag, after
+  replacing each non-detection (and each fainter-than-the-limit magnitude) by a limiting
+  magnitude per band, the 99th percentile of the training galaxies' detected magnitudes
+  in that band (:func:`features`).
+  Only the number of Adam steps is tuned: the best held-out log-likelihood of one MAP fit
+  on the other 80 % of the training rows, then every fit uses that count on all of them.
+* FlexZBoost (``pz-rail-flexzboost``: FlexCode with XGBoost; RAIL tunes its bump threshold
+  and sharpening on its own held-out quarter of the training rows), kNN
+  (``pz-rail-sklearn``'s ``KNearNeigh``, RAIL's own grid search) and pzflow
+  (``pz-rail-pzflow``, a normalising flow), each through RAIL's Informer/Estimator classes
+  with RAIL's defaults (their own non-detection handling: RAIL's LSST limiting magnitudes);
+* NGBoost (``ngboost``, ``NGBRegressor`` with a Normal distribution) on the same inputs as
+  bayes_mdn, its number of boosting rounds chosen by early stopping on the held-out rows.
+
+Every method's p(z) is evaluated on RAIL's grid (0 to 3 by 0.01, normalised there) and
+scored by the same code (on the validation galaxies with z <= 3: the two beyond the grid,
+where no peer puts any density, are left out and counted),
+:func:`bayes_mdn.metrics.photoz_report` (sigma_IQR, sigma_NMAD, median bias, outlier
+rates with the RAIL rule and 0.15, log score with densities floored at 1e-4, CRPS, CDE
+loss, PIT KS/CvM/AD) on the mode of p(z) as the point estimate; for
+bayes_mdn the exact scores (log score, CRPS and PIT of the mixture itself) are recorded too.
+Fit and predict seconds are wall-clock, one run, with the peers' process running beside
+bayes_mdn's (so both share the machine; on a loaded machine they are orders of magnitude,
+not ratios).
+
+pzflow is slow on CPUs (on a loaded 2-core machine its ``--quick`` run, 5 epochs and 3000
+galaxies, took 539 s to fit and 297 s to predict); leave it out with ``--peers FlexZBoost
+kNN NGBoost`` where that is too long.
+
+The peers live in their own virtual environment, so their pins never touch bayes_mdn's::
+
+    python3 -m venv /path/venv-photoz
+    /path/venv-photoz/bin/pip install pz-rail-flexzboost pz-rail-sklearn pz-rail-pzflow ngboost
+
+(versions used for the recorded results: pz-rail-base 2.0.11, pz-rail-flexzboost 2.0.3,
+pz-rail-sklearn 2.0.3, pz-rail-pzflow 2.0.4, pzflow 4.0.0, ngboost 0.6.0, xgboost 3.2.0).
+Then, from the repository root, with bayes_mdn's own environment active::
+
+    PYTHONPATH=$PWD python benchmarks/photoz.py --peers-python /path/venv-photoz/bin/python
+        [--quick]
+
+runs each peer in a subprocess of that interpreter (``--run-peers``: this file, importing
+neither JAX nor bayes_mdn), which writes each p(z) grid to a temporary folder; this
+process fits bayes_mdn, scores everything and writes ``results/photoz.json`` and
+``results/photoz.md`` (``photoz_quick.*`` with ``--quick``: 3000 validation galaxies,
+shorter fits). Without ``--peers-python`` only bayes_mdn runs. ``--peers`` picks a subset.
+The peers can also run on their own first, ``<peers python> benchmarks/photoz.py --run-peers
+FOLDER``, and be merged with ``--peers-from FOLDER``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+BANDS = "ugrizy"
+DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "photoz"
+GRID = np.linspace(0.0, 3.0, 301)  # RAIL's default zmin, zmax, nzbins
+TUNE_FRACTION = 0.2
+SEED = 0
+#: Adam options of every bayes_mdn fit: a constant step size and Polyak averaging, so that
+#: the held-out curve of the tuning fit is smooth enough to read the best step count off.
+FIT_OPTIONS = {"learning_rate": 0.005, "ema_decay": 0.995}
+PEERS = ("FlexZBoost", "kNN", "pzflow", "NGBoost")
+#: Non-detections in at least this many training galaxies give a band a detection flag.
+MIN_FLAGGED = 10
+
+
+# --------------------------------------------------------------------------- data
+def load(folder: Path):
+    import pandas as pd
+
+    train = pd.read_csv(folder / "dc2_training.csv")
+    valid = pd.read_csv(folder / "dc2_validation.csv")
+    return train, valid
+
+
+def magnitudes(frame) -> np.ndarray:
+    return frame[[f"mag_{band}_lsst" for band in BANDS]].to_numpy(np.float64)
+
+
+def limiting_magnitudes(train) -> np.ndarray:
+    """Per band, the 99th percentile of the training galaxies' detected magnitudes (6,)."""
+    mags = magnitudes(train)
+    return np.array([np.percentile(column[column < 90], 99) for column in mags.T])
+
+
+def flagged_bands(train) -> list[int]:
+    """Bands with at least ``MIN_FLAGGED`` non-detections among the training galaxies."""
+    return [j for j, column in enumerate(magnitudes(train).T)
+            if np.sum(column >= 90) >= MIN_FLAGGED]
+
+
+def features(frame, limits: np.ndarray, flags: list[int]) -> np.ndarray:
+    """(N, 6 + len(flags)): i magnitude, five colours, a non-detection flag per flagged band.
+
+    A non-detection (99) carries only "fainter than the survey can see": it is replaced by
+    the band's limiting magnitude, and a magnitude fainter than the limit (noise-dominated)
+    is set to the limit too; the flag keeps the information that the band was not detected.
+    """
+    mags = magnitudes(frame)
+    detected = mags < 90
+    mags = np.where(detected, np.minimum(mags, limits), limits)
+    colours = mags[:, :-1] - mags[:, 1:]
+    return np.column_stack([mags[:, 3], colours,
+                            *[(~detected[:, j]).astype(np.float64) for j in flags]])
+
+
+def tune_split(num_rows: int) -> tuple[np.ndarray, np.ndarray]:
+    """Fixed (fit, held-out) row indices of the training file."""
+    order = np.random.default_rng(SEED).permutation(num_rows)
+    num_held = round(TUNE_FRACTION * num_rows)
+    return np.sort(order[num_held:]), np.sort(order[:num_held])
+
+
+# --------------------------------------------------------------------------- peers (own venv)
+def _rail_peer(name: str, train, valid, quick: bool):
+    from rail.core.data import DataStore
+
+    DataStore.allow_overwrite = True
+    workdir = Path(tempfile.mkdtemp(prefix=f"photoz_{name}_"))
+    columns = [c for c in train.columns if c.startswith("mag_")] + ["redshift"]
+    train, valid = train[columns], valid[[c for c in columns if c != "redshift"]]
+    if name == "pzflow":  # its estimator wants a redshift column, replaced by its grid
+        valid = valid.assign(redshift=0.0)
+    if name == "FlexZBoost":
+        from rail.estimation.algos.flexzboost import FlexZBoostEstimator, FlexZBoostInformer
+
+        informer_class, estimator_class = FlexZBoostInformer, FlexZBoostEstimator
+        options = {"nbump": 5, "nsharp": 5} if quick else {}
+    elif name == "kNN":
+        from rail.estimation.algos.k_nearneigh import KNearNeighEstimator, KNearNeighInformer
+
+        informer_class, estimator_class = KNearNeighInformer, KNearNeighEstimator
+        options = {"ngrid_sigma": 4} if quick else {}
+    else:
+        from rail.estimation.algos.pzflow_nf import PZFlowEstimator, PZFlowInformer
+
+        informer_class, estimator_class = PZFlowInformer, PZFlowEstimator
+        options = {"n_training_epochs": 5} if quick else {}
+    started = time.perf_counter()
+    informer = informer_class.make_stage(name=f"inform_{name}", hdf5_groupname="",
+                                         model=str(workdir / "model.pkl"), **options)
+    informer.inform(train)
+    fit_seconds = time.perf_counter() - started
+    estimator = estimator_class.make_stage(name=f"estimate_{name}", hdf5_groupname="",
+                                           model=informer.get_handle("model"),
+                                           output=str(workdir / "pz.hdf5"))
+    started = time.perf_counter()
+    ensemble = estimator.estimate(valid).data
+    pdf = ensemble.pdf(GRID)
+    predict_seconds = time.perf_counter() - started
+    return pdf, fit_seconds, predict_seconds, {"options": options}
+
+
+def _ngboost_peer(train, valid, quick: bool):
+    from ngboost import NGBRegressor
+    from ngboost.distns import Normal
+
+    limits, flags = limiting_magnitudes(train), flagged_bands(train)
+    X, y = features(train, limits, flags), train["redshift"].to_numpy()
+    X_valid = features(valid, limits, flags)
+    fit_rows, held_rows = tune_split(len(X))
+    max_rounds = 300 if quick else 1500
+    started = time.perf_counter()
+    tuner = NGBRegressor(Dist=Normal, n_estimators=max_rounds, random_state=SEED,
+                         verbose=False)
+    tuner.fit(X[fit_rows], y[fit_rows], X_val=X[held_rows], Y_val=y[held_rows],
+              early_stopping_rounds=50)
+    rounds = int(tuner.best_val_loss_itr or max_rounds) + 1
+    model = NGBRegressor(Dist=Normal, n_estimators=rounds, random_state=SEED, verbose=False)
+    model.fit(X, y)
+    fit_seconds = time.perf_counter() - started
+    started = time.perf_counter()
+    dist = model.pred_dist(X_valid)
+    loc, scale = dist.params["loc"], dist.params["scale"]
+    pdf = np.exp(-0.5 * np.square((GRID[None] - loc[:, None]) / scale[:, None])) / (
+        scale[:, None] * np.sqrt(2 * np.pi))
+    predict_seconds = time.perf_counter() - started
+    return pdf, fit_seconds, predict_seconds, {"n_estimators": rounds}
+
+
+def run_peers(names: list[str], data: Path, out: Path, quick: bool) -> None:
+    """Fit each peer, write ``<name>.npy`` (pdf on GRID, float32) and ``peers.json``."""
+    train, valid = load(data)
+    valid = valid.iloc[validation_rows(len(valid), quick)]
+    out.mkdir(parents=True, exist_ok=True)
+    record = {}
+    for name in names:
+        print(f"[peers] {name} ...", file=sys.stderr, flush=True)
+        try:
+            if name == "NGBoost":
+                pdf, fit_s, predict_s, info = _ngboost_peer(train, valid, quick)
+            else:
+                pdf, fit_s, predict_s, info = _rail_peer(name, train, valid, quick)
+        except Exception as error:  # record and go on with the others
+            record[name] = {"error": f"{type(error).__name__}: {error}"}
+            print(f"[peers] {name} failed: {error}", file=sys.stderr, flush=True)
+            continue
+        pdf = np.asarray(pdf, np.float64)
+        # qp's interpolated grids can dip below zero by round-off (FlexZBoost: -9e-16):
+        # clipped, and how many and how far recorded.
+        info["negative_densities_clipped"] = [int(np.sum(pdf < 0)), float(min(pdf.min(), 0))]
+        info["non_finite_densities"] = int(np.sum(~np.isfinite(pdf)))
+        np.save(out / f"{name}.npy", np.clip(pdf, 0.0, None).astype(np.float32))
+        record[name] = {"fit_seconds": fit_s, "predict_seconds": predict_s, **info}
+        print(f"[peers] {name}: fit {fit_s:.1f} s, predict {predict_s:.1f} s", file=sys.stderr,
+              flush=True)
+        _write_peers_json(out, record, done=False)
+    _write_peers_json(out, record, done=True)
+
+
+def _write_peers_json(out: Path, record: dict, *, done: bool) -> None:
+    """``peers.json`` after each peer (``partial.json`` until the last), atomically."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    versions = {}
+    for package in ("pz-rail-base", "pz-rail-flexzboost", "pz-rail-sklearn", "pz-rail-pzflow",
+                    "pzflow", "ngboost", "xgboost", "qp-prob", "scikit-learn"):
+        try:
+            versions[package] = version(package)
+        except PackageNotFoundError:
+            versions[package] = None
+    target = out / ("peers.json" if done else "partial.json")
+    temporary = target.with_suffix(".tmp")
+    temporary.write_text(json.dumps({"peers": record, "versions": versions}, indent=2))
+    temporary.replace(target)
+
+
+def validation_rows(num_rows: int, quick: bool) -> np.ndarray:
+    if not quick:
+        return np.arange(num_rows)
+    return np.sort(np.random.default_rng(SEED + 1).choice(num_rows, 3000, replace=False))
+
+
+# --------------------------------------------------------------------------- bayes_mdn
+def make_model(num_components: int, hidden: int):
+    import bayes_mdn as bm
+
+    return bm.MDN(num_components=num_components, hidden_sizes=(hidden, hidden),
+                  activation="tanh", prior=bm.priors.FanInNormal(1.0))
+
+
+def tune_steps(model, X, y, key, max_steps: int) -> tuple[int, list]:
+    """Adam steps with the best held-out log-likelihood of one MAP fit on the fit rows
+    (``FIT_OPTIONS``: constant step size, Polyak averaging), read every 1/12 of the run."""
+    fit_rows, held_rows = tune_split(len(X))
+    post = model.fit(X[fit_rows], y[fit_rows], key=key, method="map", num_steps=max_steps,
+                     X_test=X[held_rows], y_test=y[held_rows], num_evaluations=12,
+                     **FIT_OPTIONS)
+    steps = np.asarray(post.history["eval_step"])
+    curve = np.asarray(post.history["test_log_likelihood"], np.float64).reshape(len(steps))
+    best = int(steps[int(np.argmax(curve))])
+    return best, [[int(s), float(c)] for s, c in zip(steps, curve, strict=True)]
+
+
+def run_bayes_mdn(train, valid, quick: bool, workdir: Path) -> dict:
+    """Tune, fit the ensemble and the SVI recipes, and predict the validation galaxies.
+
+    Each fitted posterior is saved in `workdir` (with its timings); a later run given the
+    same `workdir` loads it instead of fitting again.
+    """
+    import jax
+
+    import bayes_mdn as bm
+
+    limits, flags = limiting_magnitudes(train), flagged_bands(train)
+    X, y = features(train, limits, flags), train["redshift"].to_numpy()
+    X_valid = features(valid, limits, flags)
+    key_tune, key_fit, key_svi = jax.random.split(jax.random.key(SEED), 3)
+    num_components, hidden = 10, 64
+    num_members = 3 if quick else 5
+    max_steps = 600 if quick else 2000
+    model = make_model(num_components, hidden)
+    workdir.mkdir(parents=True, exist_ok=True)
+    settings_file = workdir / "settings.json"
+    if settings_file.exists():
+        settings = json.loads(settings_file.read_text())
+    else:
+        started = time.perf_counter()
+        steps, curve = tune_steps(model, X, y, key_tune, max_steps)
+        settings = {
+            "features": "i, u-g, g-r, r-i, i-z, z-y, non-detection flags "
+                        f"{[BANDS[j] for j in flags]}",
+            "limits": limits.tolist(), "num_components": num_components,
+            "hidden_sizes": [hidden, hidden], "activation": "tanh",
+            "prior": "FanInNormal(1.0)", "num_members": num_members,
+            "fit_options": FIT_OPTIONS, "max_steps": max_steps, "num_steps": steps,
+            "tune_curve": curve, "tune_seconds": time.perf_counter() - started}
+        settings_file.write_text(json.dumps(settings, indent=2))
+    steps = settings["num_steps"]
+    print(f"[bayes_mdn] tuned steps {steps} ({settings['tune_seconds']:.0f} s)",
+          file=sys.stderr, flush=True)
+
+    def ensemble_fit():
+        return model.fit(X, y, key=key_fit, method="ensemble", num_members=num_members,
+                         num_steps=steps, **FIT_OPTIONS)
+
+    # SVI: a mean-field Gaussian posterior over every weight, started from a MAP fit (its
+    # own key, the tuned step count), then at most 800 SVI steps (the guide's centre starts
+    # at the optimum; the steps mostly fit its scales).
+    def svi_fit():
+        start = model.fit(X, y, key=key_svi, method="map", num_steps=steps, **FIT_OPTIONS)
+        return model.fit(X, y, key=key_svi, method="svi", guide="normal", init=start,
+                         num_steps=min(steps, 800), num_draws=32 if quick else 64)
+
+    out = {"settings": settings}
+    for name, fit in (("ensemble", ensemble_fit), ("svi", svi_fit)):
+        saved, timing_file = workdir / f"{name}.bmdn", workdir / f"{name}.json"
+        if saved.exists() and timing_file.exists():
+            post, fit_seconds = bm.load(saved), json.loads(timing_file.read_text())["fit"]
+        else:
+            started = time.perf_counter()
+            post = fit()
+            fit_seconds = time.perf_counter() - started
+            post.save(saved)
+            timing_file.write_text(json.dumps({"fit": fit_seconds}))
+        started = time.perf_counter()
+        pred = post.predictive(X_valid)
+        pdf = np.exp(pred.log_prob_grid(GRID))
+        predict_seconds = time.perf_counter() - started
+        out[name] = {"pdf": pdf, "pred": pred, "fit_seconds": fit_seconds,
+                     "predict_seconds": predict_seconds}
+        print(f"[bayes_mdn] {name}: fit {fit_seconds:.0f} s, predict {predict_seconds:.0f} s",
+              file=sys.stderr, flush=True)
+    return out
+
+
+# --------------------------------------------------------------------------- report
+COLUMNS = ("log_score", "crps", "cde_loss", "sigma_iqr", "sigma_nmad", "bias", "outlier_rate",
+           "outlier_rate_0.15", "pit_ks_statistic", "pit_cvm_statistic", "pit_ad_statistic",
+           "fit_seconds", "predict_seconds")
+
+
+def markdown_table(rows: list[dict]) -> str:
+    header = ["method", *COLUMNS]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for row in rows:
+        cells = [row["method"]]
+        for column in COLUMNS:
+            value = row.get(column)
+            if value is None:
+                cells.append("")
+            elif column.endswith("seconds"):
+                cells.append(f"{value:.0f}")
+            elif column in ("log_score", "cde_loss", "pit_cvm_statistic", "pit_ad_statistic"):
+                cells.append(f"{value:.3f}" if abs(value) < 100 else f"{value:.0f}")
+            else:
+                cells.append(f"{value:.4f}")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", type=Path, default=Path(os.environ.get(
+        "BAYES_MDN_PHOTOZ_DIR", DEFAULT_DATA)))
+    parser.add_argument("--quick", action="store_true",
+                        help="3000 validation galaxies, short fits: a smoke run")
+    parser.add_argument("--peers-python", help="python of the venv with the peers installed")
+    parser.add_argument("--peers", nargs="+", default=list(PEERS), choices=PEERS)
+    parser.add_argument("--peers-from", type=Path, nargs="+",
+                        help="merge the peers' results written to these folders by "
+                             "`<peers python> benchmarks/photoz.py --run-peers FOLDER "
+                             "[--peers ...]` (waits for runs still going)")
+    parser.add_argument("--workdir", type=Path,
+                        help="folder for bayes_mdn's fitted posteriors; a rerun with the same "
+                             "folder loads them instead of fitting (default: a new temporary "
+                             "folder)")
+    parser.add_argument("--run-peers", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.run_peers is not None:  # the subprocess in the peers' venv
+        run_peers(args.peers, args.data, args.run_peers, args.quick)
+        return
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from _common import RESULTS, machine
+
+    import bayes_mdn as bm
+
+    train, valid = load(args.data)
+    rows_valid = validation_rows(len(valid), args.quick)
+    valid = valid.iloc[rows_valid]
+    z_true = valid["redshift"].to_numpy()
+    peer_dirs = args.peers_from or [Path(tempfile.mkdtemp(prefix="photoz_peers_"))]
+    peer_dir = peer_dirs[0]
+    peers_info = {"peers": {}, "versions": {}}
+    if args.peers_python and not args.peers_from:
+        command = [args.peers_python, str(Path(__file__).resolve()), "--run-peers",
+                   str(peer_dir), "--data", str(args.data), "--peers", *args.peers]
+        if args.quick:
+            command.append("--quick")
+        # Beside the bayes_mdn fits (the two processes share the CPUs; see the docstring).
+        peers = subprocess.Popen(command)
+    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="photoz_bayes_mdn_"))
+    ours = run_bayes_mdn(train, valid, args.quick, workdir)
+    if args.peers_python and not args.peers_from:
+        if peers.wait() != 0:
+            raise RuntimeError(f"the peers' process failed (exit code {peers.returncode})")
+    peer_files = {}
+    if args.peers_python or args.peers_from:
+        for folder in peer_dirs:
+            for _ in range(720):  # --peers-from a run still going: wait for it (up to 2 h)
+                if (folder / "peers.json").exists():
+                    break
+                time.sleep(10)
+            info = json.loads((folder / "peers.json").read_text())
+            peers_info["peers"].update(info["peers"])
+            peers_info["versions"].update(info["versions"])
+            peer_files.update({name: folder / f"{name}.npy" for name in info["peers"]})
+
+    # Two validation galaxies lie beyond RAIL's grid (z up to 3.026 > 3): every peer's p(z)
+    # stops at 3, so they are left out of every method's scores (counted in the JSON).
+    scored = np.flatnonzero(z_true <= GRID[-1])
+    z_true = z_true[scored]
+    rows, details = [], {}
+    for name in ("ensemble", "svi"):
+        entry = ours[name]
+        report = bm.metrics.photoz_report(entry["pdf"][scored], z_true, grid=GRID)
+        exact = bm.metrics.photoz_report(entry["pred"][scored], z_true, grid=GRID)
+        rows.append({"method": f"bayes_mdn {name}", **report,
+                     "fit_seconds": entry["fit_seconds"],
+                     "predict_seconds": entry["predict_seconds"]})
+        details[f"bayes_mdn {name}"] = {"grid": report, "exact": exact}
+    for name, info in peers_info.get("peers", {}).items():
+        if "error" in info:
+            details[name] = info
+            continue
+        pdf = np.load(peer_files[name]).astype(np.float64)[scored]
+        report = bm.metrics.photoz_report(pdf, z_true, grid=GRID)
+        rows.append({"method": name, **report, "fit_seconds": info["fit_seconds"],
+                     "predict_seconds": info["predict_seconds"]})
+        details[name] = {"grid": report, **{k: v for k, v in info.items()
+                                            if not k.endswith("seconds")}}
+    table = markdown_table(rows)
+    print(table)
+    suffix = "_quick" if args.quick else ""
+    RESULTS.mkdir(exist_ok=True)
+    payload = {"settings": {**ours["settings"], "grid": [0.0, 3.0, 301], "seed": SEED,
+                            "num_training": len(train), "num_validation": len(valid),
+                            "num_scored": int(scored.size),
+                            "num_beyond_grid": int(len(valid) - scored.size),
+                            "tune_fraction": TUNE_FRACTION, "quick": args.quick,
+                            "peer_versions": peers_info.get("versions", {}),
+                            "load": os.getloadavg()},
+               "machine": machine(), "rows": rows, "details": details}
+    target = RESULTS / f"photoz{suffix}.json"
+    temporary = target.with_suffix(".json.tmp")
+    temporary.write_text(json.dumps(payload, indent=2, default=float))
+    temporary.replace(target)
+    (RESULTS / f"photoz{suffix}.md").write_text(table + "\n")
+
+
+if __name__ == "__main__":
+    main()
