@@ -33,7 +33,7 @@ import numpy as np
 __all__ = ["main"]
 
 DEMO_METHODS = ("map",)
-METHODS = ("map", "ensemble", "svi", "laplace", "nuts")
+METHODS = ("map", "ensemble", "svi", "laplace", "nuts", "sgmcmc")
 FAMILIES = ("normal", "studentt", "laplace", "lognormal", "gamma", "beta", "poisson",
             "negative_binomial", "multivariate_normal")
 ACTIVATIONS = ("tanh", "relu", "elu", "gelu", "silu", "softplus", "sigmoid")
@@ -313,6 +313,9 @@ _METHOD_OPTIONS = (("--num-steps", "num_steps", "num_steps"),
                    ("--num-samples", "num_samples", "num_samples"),
                    ("--num-draws", "num_draws", "num_draws"),
                    ("--hessian", "hessian", "hessian"),
+                   ("--num-cycles", "num_cycles", "num_cycles"),
+                   ("--batch-size", "batch_size", "batch_size"),
+                   ("--step-size", "step_size", "step_size"),
                    ("--validation", "validation", "validation"))
 
 
@@ -710,11 +713,18 @@ def _parser() -> argparse.ArgumentParser:
                      help="ensemble members (ensemble; default 8)")
     fit.add_argument("--guide", default=None, choices=GUIDES,
                      help="variational family (svi; default normal)")
-    fit.add_argument("--num-chains", type=int, default=None, help="chains (nuts; default 4)")
+    fit.add_argument("--num-chains", type=int, default=None,
+                     help="chains (nuts, sgmcmc; default 4)")
     fit.add_argument("--num-warmup", type=int, default=None,
-                     help="warm-up steps per chain (nuts; default 500)")
+                     help="warm-up steps per chain (nuts; default 300)")
     fit.add_argument("--num-samples", type=int, default=None,
-                     help="draws per chain (nuts; default 500)")
+                     help="draws per chain (nuts; default 200)")
+    fit.add_argument("--num-cycles", type=int, default=None,
+                     help="step-size cycles per chain (sgmcmc; default 4)")
+    fit.add_argument("--batch-size", type=int, default=None,
+                     help="minibatch rows per gradient (sgmcmc; default: every row)")
+    fit.add_argument("--step-size", type=float, default=None,
+                     help="peak step size of each cycle (sgmcmc; default 0.01)")
     fit.add_argument("--num-draws", type=int, default=None,
                      help="posterior draws kept (svi, laplace; default 1000)")
     fit.add_argument("--hessian", default=None, choices=("exact", "fisher"),
