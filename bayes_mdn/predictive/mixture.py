@@ -38,8 +38,10 @@ import jax
 import numpy as np
 
 from bayes_mdn._validation import as_targets, check_choice, check_key, check_positive_int
+from bayes_mdn.predictive import _reductions
 from bayes_mdn.predictive._chunks import _chunk_sizes, _map_chunks
 from bayes_mdn.predictive._constants import DEFAULT_MAX_ELEMENTS
+from bayes_mdn.predictive._evaluator import network_width, plan_chunks
 from bayes_mdn.predictive._kernels import (
     _cdf_kernel,
     _entropy_grid_kernel,
@@ -200,16 +202,34 @@ class PredictiveMixture:
         """``sum(log y_scale)``: subtract from a standardised log-density, add to an entropy."""
         return float(np.sum(np.log(self._affine()[1])))
 
-    def _chunk_plan(self, extra: int = 1, per_input: int = 0) -> tuple[int, int]:
-        """(input_chunk, draw_chunk) for a query whose terms per (input, draw) are
-        K x D x `extra`, plus `per_input` terms per input that do not scale with draws.
+    def _per_draw(self, extra: int = 1) -> int:
+        """Values per (input, draw) in a query's largest array: K x D x `extra` terms, or the
+        widest layer of the network (hidden layers and a feature network's own layers;
+        :func:`~._evaluator.network_width`) where that is larger."""
+        width = network_width(self.model, self.draws, int(self.X_std.shape[1]),
+                              self.num_outputs)
+        return max(self.num_components * self.num_outputs * extra, width)
 
-        A hidden layer wider than K x D x `extra` is the larger array per (input, draw).
-        """
-        per_draw = max(self.num_components * self.num_outputs * extra,
-                       max(self.model.hidden_sizes, default=0))
-        return _chunk_sizes(self.num_inputs, self.num_draws, per_draw, self.max_elements,
-                            per_input)
+    def _chunk_plan(self, extra: int = 1, per_input: int = 0) -> tuple[int, int]:
+        """(input_chunk, draw_chunk) of the input-major layout for a query whose terms per
+        (input, draw) are K x D x `extra`, plus `per_input` terms per input that do not
+        scale with draws."""
+        return _chunk_sizes(self.num_inputs, self.num_draws, self._per_draw(extra),
+                            self.max_elements, per_input)
+
+    def _plan(self, extra: int = 1, per_input: int = 0) -> tuple[str, int, int]:
+        """(layout, input_chunk, draw_chunk), the layout chosen from the shapes
+        (:func:`~._evaluator.plan_chunks`)."""
+        return plan_chunks(self.num_inputs, self.num_draws, self._per_draw(extra),
+                           self.max_elements, per_input=per_input)
+
+    def _reduce(self, input_kernel, draw_kernel, row_arrays=(), *, extra: int = 1,
+                static=()):
+        """Run a reduction over the draws in the layout :meth:`_plan` chooses: `draw_kernel`
+        (draw-major, :mod:`._reductions`) or `input_kernel` (input-major)."""
+        layout, input_chunk, draw_chunk = self._plan(extra)
+        kernel = draw_kernel if layout == "draw" else input_kernel
+        return self._run(kernel, row_arrays, static=static, plan=(input_chunk, draw_chunk))
 
     def _run(self, kernel, row_arrays=(), *, extra: int = 1, per_input: int = 0,
              batch_axis: int = 0, static=(), trailing=(), key=None, plan=None):
@@ -312,7 +332,8 @@ class PredictiveMixture:
         -------
         numpy.ndarray, shape (M,), float64
         """
-        log_density = self._run(_log_prob_kernel, (self._targets(y),))
+        log_density = self._reduce(_log_prob_kernel, _reductions.log_prob_kernel,
+                                   (self._targets(y),))
         return log_density.astype(np.float64) - self._log_scale()
 
     def cdf(self, y: Any) -> np.ndarray:
@@ -326,18 +347,35 @@ class PredictiveMixture:
         -------
         numpy.ndarray, shape (M, D)
         """
-        return self._run(_cdf_kernel, (self._targets(y),))
+        return self._reduce(_cdf_kernel, _reductions.cdf_kernel, (self._targets(y),))
 
     def mean(self) -> np.ndarray:
         """Predictive mean, a float64 numpy.ndarray of shape (M, D)."""
         self.model.family.check_moments(1)
-        return self._to_original(self._run(_moments_kernel)[0])
+        layout, input_chunk, draw_chunk = self._plan()
+        if layout == "draw":
+            mean = self._run(_reductions.mean_kernel, plan=(input_chunk, draw_chunk))
+        else:
+            mean = self._run(_moments_kernel, plan=(input_chunk, draw_chunk))[0]
+        return self._to_original(mean)
 
     def variance(self) -> np.ndarray:
         """Predictive marginal variance (aleatoric + epistemic), a float64 numpy.ndarray
         (M, D)."""
         self.model.family.check_moments(2)
-        return self._run(_moments_kernel)[1].astype(np.float64) * np.square(self._affine()[1])
+        aleatoric, epistemic = self._variance_split()
+        return (aleatoric + epistemic) * np.square(self._affine()[1])
+
+    def _variance_split(self) -> tuple[np.ndarray, np.ndarray]:
+        """(aleatoric, epistemic), each (M, D) float64, in standardised units."""
+        layout, input_chunk, draw_chunk = self._plan()
+        if layout == "draw":
+            _, aleatoric, epistemic = self._run(_reductions.moments_kernel,
+                                                plan=(input_chunk, draw_chunk))
+        else:
+            aleatoric, epistemic = self._run(_variance_split_kernel,
+                                             plan=(input_chunk, draw_chunk))
+        return aleatoric.astype(np.float64), epistemic.astype(np.float64)
 
     def variance_decomposition(self) -> tuple[np.ndarray, np.ndarray]:
         """Split the predictive variance by the law of total variance over posterior draws.
@@ -352,9 +390,8 @@ class PredictiveMixture:
         """
         self.model.family.check_moments(2)
         squared_scale = np.square(self._affine()[1])
-        aleatoric, epistemic = self._run(_variance_split_kernel)
-        return (aleatoric.astype(np.float64) * squared_scale,
-                epistemic.astype(np.float64) * squared_scale)
+        aleatoric, epistemic = self._variance_split()
+        return aleatoric * squared_scale, epistemic * squared_scale
 
     def quantiles(self, q: Any, *, num_iterations: int | None = None) -> np.ndarray:
         """Marginal quantiles by bisection on the mixture cdf (monotone in `q`).
@@ -462,7 +499,8 @@ class PredictiveMixture:
         fractions = np.linspace(0.0, 1.0, grid_size)
         grid = (bounds[0][:, None] + (bounds[1] - bounds[0])[:, None] * fractions).astype(
             self.X_std.dtype)  # (M, G)
-        log_density = self._run(_log_prob_grid_kernel, (grid,), extra=grid_size)
+        log_density = self._reduce(_log_prob_grid_kernel, _reductions.log_prob_grid_kernel,
+                                   (grid,), extra=grid_size)
         return [self._to_original(mode) for mode in _refine_modes(
             grid.astype(np.float64), log_density.astype(np.float64), min_relative_density)]
 
@@ -516,8 +554,9 @@ class PredictiveMixture:
         if self.model.family.discrete:
             regions: list[np.ndarray] = []
             for part, grid in self._integer_blocks("hdr()", *self._integer_support()):
-                log_mass = part._run(_log_prob_grid_kernel, (part._to_standardised(grid),),
-                                     extra=grid.shape[1])
+                log_mass = part._reduce(_log_prob_grid_kernel,
+                                        _reductions.log_prob_grid_kernel,
+                                        (part._to_standardised(grid),), extra=grid.shape[1])
                 regions.extend(_integer_hdr(grid, np.exp(log_mass.astype(np.float64)), level))
             return regions
         # Host blocks bound the (inputs, grid) arrays the interval search holds.
@@ -532,7 +571,8 @@ class PredictiveMixture:
             needed.append(part_needed)
             grid = (lower[:, None] + (upper - lower)[:, None] * fractions).astype(
                 self.X_std.dtype)
-            log_density = part._run(_log_prob_grid_kernel, (grid,), extra=grid_size)
+            log_density = part._reduce(
+                _log_prob_grid_kernel, _reductions.log_prob_grid_kernel, (grid,), extra=grid_size)
             regions.extend(self._to_original(region) for region in _highest_density_intervals(
                 grid.astype(np.float64), np.exp(log_density.astype(np.float64)), level))
         self._warn_coarse("hdr()", grid_size, np.concatenate(needed))
@@ -609,16 +649,18 @@ class PredictiveMixture:
                 next(self._integer_blocks("entropy_decomposition()", lower, upper))  # size check
                 size = 1 << (size - 1).bit_length()  # a power of two: fewer recompilations
                 bounds = (lower.astype(self.X_std.dtype), upper.astype(self.X_std.dtype))
-                total, expected = self._run(_entropy_grid_kernel, bounds, extra=size,
-                                            static=(size,))
+                total, expected = self._reduce(
+                    _entropy_grid_kernel, _reductions.entropy_grid_kernel, bounds, extra=size,
+                    static=(size,))
             else:
                 # The trapezoid rule is spectrally accurate here: one point per interquartile
                 # range already gets a Normal's entropy to ~1e-5. Standardised units.
                 lower, upper, needed = self._support_grid(grid_size, 1.0)
                 self._warn_coarse("entropy_decomposition()", grid_size, needed)
                 bounds = (lower.astype(self.X_std.dtype), upper.astype(self.X_std.dtype))
-                total, expected = self._run(_entropy_grid_kernel, bounds, extra=grid_size,
-                                            static=(grid_size,))
+                total, expected = self._reduce(
+                    _entropy_grid_kernel, _reductions.entropy_grid_kernel, bounds,
+                    extra=grid_size, static=(grid_size,))
         else:
             if key is None:
                 raise TypeError(
@@ -659,8 +701,8 @@ class PredictiveMixture:
                              f"{np.shape(grid)}.")
         if not np.isfinite(values).all():
             raise ValueError("`grid` must hold finite values only.")
-        log_density = self._run(_log_prob_grid_kernel, (self._to_standardised(values),),
-                                extra=values.shape[1])
+        log_density = self._reduce(_log_prob_grid_kernel, _reductions.log_prob_grid_kernel,
+                                   (self._to_standardised(values),), extra=values.shape[1])
         return log_density.astype(np.float64) - self._log_scale()
 
     def mixture_parameters(self) -> tuple[np.ndarray, dict[str, np.ndarray]]:

@@ -1,0 +1,125 @@
+"""The one evaluator of draws x inputs: memory model, layouts, draw-major reductions."""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from test_predictive import random_posterior
+
+import bayes_mdn as bm
+from bayes_mdn import predictive
+from bayes_mdn.predictive import _kernels, _reductions
+from bayes_mdn.predictive._evaluator import DRAW_MAJOR_MIN_INPUTS, network_width, plan_chunks
+from bayes_mdn.scaling import Standardizer
+
+BUDGET = predictive.DEFAULT_MAX_ELEMENTS
+WIDE = 512
+
+
+class WideFeatures(nn.Module):
+    """A Flax feature network whose hidden layer (512) is far wider than K x D (2)."""
+
+    @nn.compact
+    def __call__(self, x):
+        return nn.Dense(3)(nn.tanh(nn.Dense(WIDE)(x)))
+
+
+def _wide_posterior(num_draws: int) -> bm.Posterior:
+    model = bm.MDN(num_components=2, hidden_sizes=(), network=WideFeatures())
+    rng = np.random.default_rng(0)
+    draws = {name: (0.3 * rng.normal(size=(1, num_draws, *shape))).astype(np.float32)
+             for name, shape in model.latent_shapes(1, 1).items()}
+    standardizer = Standardizer(np.zeros(1), np.ones(1), np.zeros(1), np.ones(1))
+    return bm.Posterior(model=model, method="svi", draws=draws, standardizer=standardizer)
+
+
+def test_memory_model_counts_a_flax_feature_networks_widths():
+    pred = _wide_posterior(100).predictive(np.zeros((10**5, 1)))
+    assert network_width(pred.model, pred.draws, 1, 1) == WIDE
+    # Every layout's plan keeps (inputs x draws) x the widest layer within the budget.
+    input_chunk, draw_chunk = pred._chunk_plan()
+    assert input_chunk * draw_chunk * WIDE <= BUDGET
+    layout, input_chunk, draw_chunk = pred._plan()
+    assert layout == "draw" and input_chunk * draw_chunk * WIDE <= BUDGET
+
+
+@pytest.mark.parametrize("layout", ["input", "draw"])
+def test_compiled_kernel_with_a_wide_flax_network_stays_within_a_few_budgets(layout):
+    # XLA's own accounting of the scratch memory of one log_prob call at the planned chunk
+    # shapes (compiled, not run). Counting only K x D = 2 terms per pair, as before the memory
+    # model read the feature network, planned 4096 inputs x 100 draws: 512 x that = 800 MB.
+    pred = _wide_posterior(100).predictive(np.zeros((10**5, 1)))
+    _, input_chunk, draw_chunk = plan_chunks(pred.num_inputs, pred.num_draws, pred._per_draw(),
+                                             pred.max_elements, layout=layout)
+    kernel = _reductions.log_prob_kernel if layout == "draw" else _kernels._log_prob_kernel
+    rows = jax.ShapeDtypeStruct((input_chunk, 1), jnp.float32)
+    draws = {name: jnp.asarray(value) for name, value in pred.draws.items()}
+    lowered = kernel.lower(pred.model, draw_chunk, draws, *pred._scalers(), rows, rows)
+    stats = lowered.compile().memory_analysis()
+    if stats is None:
+        pytest.skip("this backend reports no memory analysis")
+    assert stats.temp_size_in_bytes <= 6 * 4 * BUDGET
+
+
+def test_layout_follows_the_shapes():
+    assert plan_chunks(10, 1000, 20, BUDGET)[0] == "input"
+    assert plan_chunks(10**6, 1000, 20, BUDGET)[0] == "draw"
+    assert plan_chunks(10**6, 1, 20, BUDGET)[0] == "input"  # one draw: nothing to scan
+    layout, block, step = plan_chunks(10**6, 1000, 60, BUDGET)
+    assert (layout, step) == ("draw", 1) and block * 60 <= BUDGET and block & (block - 1) == 0
+
+
+@pytest.fixture(scope="module")
+def many_inputs():
+    """13 draws of K = 3 at DRAW_MAJOR_MIN_INPUTS + 37 inputs (draw-major), D = 1."""
+    posterior = random_posterior(13, 3, hidden_sizes=(5,))
+    X = np.random.default_rng(2).normal(size=(DRAW_MAJOR_MIN_INPUTS + 37, 2))
+    pred = posterior.predictive(X)
+    assert pred._plan()[0] == "draw"
+    return pred
+
+
+def _input_major(pred, kernel, rows=(), *, extra=1, static=()):
+    input_chunk, draw_chunk = pred._chunk_plan(extra)
+    return pred._run(kernel, rows, static=static, plan=(input_chunk, draw_chunk))
+
+
+def test_draw_major_reductions_match_the_input_major_kernels(many_inputs):
+    pred = many_inputs
+    rng = np.random.default_rng(3)
+    y = rng.normal(1.5, 2.0, size=(pred.num_inputs, 1))
+    targets = pred._targets(y)
+    log_scale = pred._log_scale()
+    np.testing.assert_allclose(pred.log_prob(y),
+                               _input_major(pred, _kernels._log_prob_kernel, (targets,))
+                               - log_scale, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(pred.cdf(y), _input_major(pred, _kernels._cdf_kernel, (targets,)),
+                               rtol=1e-5, atol=1e-6)
+    mean, variance = _input_major(pred, _kernels._moments_kernel)
+    np.testing.assert_allclose(pred.mean(), pred._to_original(mean), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(pred.variance(), variance * 4.0, rtol=1e-5, atol=1e-6)
+    aleatoric, epistemic = _input_major(pred, _kernels._variance_split_kernel)
+    for got, want in zip(pred.variance_decomposition(), (aleatoric, epistemic), strict=True):
+        np.testing.assert_allclose(got, want * 4.0, rtol=1e-5, atol=1e-6)
+    grid = np.linspace(-6.0, 9.0, 17)
+    standard_grid = pred._to_standardised(np.broadcast_to(grid, (pred.num_inputs, 17)))
+    np.testing.assert_allclose(
+        pred.log_prob_grid(grid),
+        _input_major(pred, _kernels._log_prob_grid_kernel, (standard_grid,), extra=17)
+        - log_scale, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.filterwarnings("ignore:.*too coarse:UserWarning")
+def test_draw_major_entropy_matches_the_input_major_kernel(many_inputs):
+    pred = many_inputs
+    lower, upper, _ = pred._support_grid(64, 1.0)
+    bounds = (lower.astype(np.float32), upper.astype(np.float32))
+    total, expected = _input_major(pred, _kernels._entropy_grid_kernel, bounds, extra=64,
+                                   static=(64,))
+    got_total, got_expected, _ = pred.entropy_decomposition(grid_size=64)
+    np.testing.assert_allclose(got_total, total + pred._log_scale(), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(got_expected, expected + pred._log_scale(), rtol=1e-5,
+                               atol=1e-5)
