@@ -38,7 +38,7 @@ import jax
 import numpy as np
 
 from bayes_mdn._validation import as_targets, check_choice, check_key, check_positive_int
-from bayes_mdn.predictive import _reductions
+from bayes_mdn.predictive import _quantiles, _reductions
 from bayes_mdn.predictive._chunks import _chunk_sizes, _map_chunks
 from bayes_mdn.predictive._constants import DEFAULT_MAX_ELEMENTS
 from bayes_mdn.predictive._evaluator import network_width, plan_chunks
@@ -52,7 +52,6 @@ from bayes_mdn.predictive._kernels import (
     _moments_kernel,
     _num_chunks,
     _num_draws,
-    _quantile_kernel,
     _sample_kernel,
     _support_kernel,
     _variance_split_kernel,
@@ -394,15 +393,29 @@ class PredictiveMixture:
         return aleatoric * squared_scale, epistemic * squared_scale
 
     def quantiles(self, q: Any, *, num_iterations: int | None = None) -> np.ndarray:
-        """Marginal quantiles by bisection on the mixture cdf (monotone in `q`).
+        """Marginal quantiles, solving ``cdf(x) = q`` for all levels at once (monotone in `q`).
+
+        Each input's S x K mixture is evaluated once per chunk of inputs (when it fits the
+        ``max_elements`` budget; otherwise the network is re-run per step) and Chandrupatla's
+        bracketed root-finder (inverse quadratic interpolation safeguarded by bisection)
+        solves every level, typically in 6-12 cdf evaluations instead of 40 bisection steps.
+        The bracket starts at the extreme component quantiles and never loses the root.
+
+        Tolerance: in standardised units of y (``(y - shift) / scale``) a result stops once
+        its bracket is narrower than ``2 eps |x| + 5e-7`` (eps of the compute dtype), i.e.
+        about ``(2.4e-7 |x| + 5e-7) * y_scale`` in original units in float32; where the
+        mixture density is f, ``|cdf(quantile(q)) - q|`` is then at most about f times that
+        plus the float32 rounding of the S x K-term cdf sum (~1e-6). For a discrete family
+        the result is the smallest integer k with ``cdf(k) >= q`` (integer bisection).
 
         Parameters
         ----------
         q : float or array-like, shape (Q,)
             Probabilities strictly between 0 and 1.
         num_iterations : int, optional
-            Bisection steps; the default (40 in float32, 64 in float64) reaches the
-            dtype's resolution.
+            Cap on root-finder steps (cdf evaluations) per level; the default, 64 (40 in
+            float32), is never reached by a continuous mixture. Fewer steps stop early
+            with the current best estimate.
 
         Returns
         -------
@@ -432,8 +445,14 @@ class PredictiveMixture:
         cached = (draw_chunk == self.num_draws
                   or input_chunk * padded_draws * self.num_components * (1 + widths)
                   <= self.max_elements)
-        return self._run(_quantile_kernel, batch_axis=1, static=(num_iterations, cached),
-                         trailing=(to_compute(levels),), plan=(input_chunk, draw_chunk))
+        values = self._run(_quantiles.quantile_kernel, batch_axis=1,
+                           static=(num_iterations, cached), trailing=(to_compute(levels),),
+                           plan=(input_chunk, draw_chunk))
+        # Monotone in q: each level's estimate is within the tolerance of its true quantile,
+        # and so is the running maximum over the levels in increasing order.
+        order = np.argsort(levels, kind="stable")
+        values[order] = np.maximum.accumulate(values[order], axis=0)
+        return values
 
     def sample(self, key: jax.Array, num_samples: int = 1) -> np.ndarray:
         """Draw from the posterior predictive.
