@@ -166,3 +166,43 @@ def test_discrete_quantiles_are_the_smallest_integers_reaching_q():
     for level, values in zip(levels, quantiles, strict=True):
         assert np.all(pred.cdf(values)[:, 0] >= level - 1e-6)
         assert np.all(pred.cdf(values - 1.0)[:, 0] < level + 1e-6)
+
+
+@pytest.fixture(scope="module")
+def reduced_pair():
+    posterior = random_posterior(50, 5, hidden_sizes=(4,))
+    pred = posterior.predictive(np.random.default_rng(1).normal(size=(40, 2)))
+    return pred, pred.reduce(8)
+
+
+def test_reduce_preserves_mean_and_variance(reduced_pair):
+    pred, reduced = reduced_pair
+    assert (reduced.num_draws, reduced.num_components, reduced.X_std.shape) == (1, 8, (40, 24))
+    np.testing.assert_allclose(reduced.mean(), pred.mean(), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(reduced.variance(), pred.variance(), rtol=1e-5)
+
+
+def test_reduce_loses_little_log_score_and_every_query_works(reduced_pair):
+    # 250 components -> 8 per input; the log score of samples from the full predictive
+    # (an estimate of KL(full || reduced) per point) must stay small.
+    pred, reduced = reduced_pair
+    y = pred.sample(jax.random.key(0), 20)
+    loss = np.mean([pred.log_prob(value) - reduced.log_prob(value) for value in y])
+    assert 0.0 <= loss < 0.05
+    assert reduced.quantiles([0.1, 0.9]).shape == (2, 40, 1)
+    assert len(reduced.hdr(0.9)) == len(reduced.modes()) == 40
+    assert reduced.sample(jax.random.key(1), 3).shape == (3, 40, 1)
+
+
+def test_reduce_refuses_other_families_and_outputs():
+    model = bm.MDN(num_components=2, hidden_sizes=(), family=bm.families.StudentT())
+    draws = {name: np.zeros((1, 1, *shape), np.float32)
+             for name, shape in model.latent_shapes(1, 1).items()}
+    standardizer = Standardizer(np.zeros(1), np.ones(1), np.zeros(1), np.ones(1))
+    pred = bm.Posterior(model=model, method="map", draws=draws,
+                        standardizer=standardizer).predictive(np.zeros((3, 1)))
+    with pytest.raises(ValueError, match=r"reduce\(\) merges Normal components.*StudentT"):
+        pred.reduce(4)
+    two = random_posterior(3, 2, num_outputs=2).predictive(np.zeros((3, 2)))
+    with pytest.raises(ValueError, match=r"reduce\(\) is defined for one output"):
+        two.reduce(4)
