@@ -68,7 +68,7 @@ def run_blocks(kernel, draws, X, *rows, block: int, **static):
     for start in range(0, num, block):
         stop = min(start + block, num)
         pieces = [np.zeros((block, *a.shape[1:]), a.dtype) for a in (X, *rows)]
-        for piece, a in zip(pieces, (X, *rows)):
+        for piece, a in zip(pieces, (X, *rows), strict=True):
             piece[: stop - start] = a[start:stop]
         out[start:stop] = np.asarray(kernel(draws, *pieces, **static))[: stop - start]
     return out

@@ -63,12 +63,20 @@ def moments_kernel(model, draw_chunk, draws, y_shift, y_scale, X_std):
     return mean, aleatoric / count, m2 / count
 
 
+def _components_first(log_weights, params):
+    """(m, K) and (m, K, d) -> (K, m) and (K, m, d): the layout in which the network
+    computed them (its heads are (width, m)), so XLA drops the transposes and every
+    elementwise op and the reduction over K run along the inputs (minor axis)."""
+    return log_weights.T, {name: jnp.swapaxes(value, 0, 1) for name, value in params.items()}
+
+
 @partial(jax.jit, static_argnames=("model", "draw_chunk"))
 def log_prob_kernel(model, draw_chunk, draws, y_shift, y_scale, X_std, y):
     """Log predictive density (m,) at y (m, D): a running logsumexp over draws."""
     def body(total, log_weights, params):
-        component_lp = model.family.distribution(params).log_prob(y[:, None, :])  # (m, K)
-        return jnp.logaddexp(total, logsumexp(log_weights + component_lp, axis=-1))
+        log_weights, params = _components_first(log_weights, params)
+        component_lp = model.family.distribution(params).log_prob(y[None])  # (K, m)
+        return jnp.logaddexp(total, logsumexp(log_weights + component_lp, axis=0))
 
     init = jnp.full(X_std.shape[:1], -jnp.inf, X_std.dtype)
     total = scan_draws(body, init, model, draws, y_scale, X_std)
@@ -79,9 +87,9 @@ def log_prob_kernel(model, draw_chunk, draws, y_shift, y_scale, X_std, y):
 def cdf_kernel(model, draw_chunk, draws, y_shift, y_scale, X_std, y):
     """Marginal cdf (m, D) at y (m, D)."""
     def body(total, log_weights, params):
-        weights = jnp.exp(log_weights)[..., None]
-        return total + jnp.sum(weights * model.family.marginal_cdf(params, y[:, None, :]),
-                               axis=1)
+        log_weights, params = _components_first(log_weights, params)
+        weights = jnp.exp(log_weights)[..., None]  # (K, m, 1)
+        return total + jnp.sum(weights * model.family.marginal_cdf(params, y[None]), axis=0)
 
     total = scan_draws(body, jnp.zeros(y.shape, X_std.dtype), model, draws, y_scale, X_std)
     return jnp.clip(total / num_draws_of(draws), 0.0, 1.0)
