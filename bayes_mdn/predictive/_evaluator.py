@@ -43,6 +43,9 @@ __all__ = ["DRAW_MAJOR_BLOCK", "DRAW_MAJOR_MIN_INPUTS", "network_width", "plan_c
 DRAW_MAJOR_BLOCK = 2048
 #: Queries at fewer inputs use the input-major layout (draws vmapped within one call).
 DRAW_MAJOR_MIN_INPUTS = 256
+#: ... and so do queries whose terms per input leave room for fewer inputs per draw-major
+#: step than this (e.g. a 2048-point grid x K = 20): a scan step must carry enough work.
+DRAW_MAJOR_MIN_BLOCK = 64
 
 
 # --------------------------------------------------------------------------- memory model
@@ -178,7 +181,8 @@ def plan_chunks(num_inputs: int, num_draws: int, per_draw: int, max_elements: in
     per_input : int
         Values per input that do not scale with the draws.
     layout : {"auto", "input", "draw"}
-        ``"auto"``: draw-major from :data:`DRAW_MAJOR_MIN_INPUTS` inputs and two draws on.
+        ``"auto"``: draw-major from :data:`DRAW_MAJOR_MIN_INPUTS` inputs and two draws on,
+        when a step holds at least :data:`DRAW_MAJOR_MIN_BLOCK` inputs.
 
     Returns
     -------
@@ -188,7 +192,9 @@ def plan_chunks(num_inputs: int, num_draws: int, per_draw: int, max_elements: in
         1 in the draw-major layout.
     """
     if layout == "auto":
-        many = num_inputs >= DRAW_MAJOR_MIN_INPUTS and num_draws > 1 and per_input == 0
+        many = (num_inputs >= DRAW_MAJOR_MIN_INPUTS and num_draws > 1 and per_input == 0
+                and draw_major_block(num_inputs, per_draw, max_elements)
+                >= DRAW_MAJOR_MIN_BLOCK)
         layout = "draw" if many else "input"
     if layout == "draw":
         return "draw", draw_major_block(num_inputs, per_draw, max_elements), 1

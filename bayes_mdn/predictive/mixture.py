@@ -8,11 +8,16 @@ predictive is the uniform average over draws,
 i.e. one mixture of S * K components with log-weights ``log w_sk - log S``.
 
 Nothing of size M x S x K is ever held in memory. Every query runs a compiled kernel over
-chunks of inputs (padded to a power of two, so a new M rarely recompiles); inside the kernel
-the draws are visited in chunks too, with ``jax.lax.scan`` carrying a streaming reduction
-(running logsumexp, sums, a merge of means and centred second moments, min/max). Chunk sizes
-are chosen so that inputs x draws x K x D x (quantiles or grid points) stays under
-``max_elements``; the draws are split only when one input's whole mixture does not fit.
+chunks of inputs (padded to a power of two, so a new M rarely recompiles), planned by the
+one evaluator of draws x inputs (:mod:`._evaluator`: its memory model counts every layer,
+a Flax/Equinox feature network's included). At many inputs the reductions (mean, variances,
+log_prob, cdf, grids, entropy) run *draw-major* (:mod:`._reductions`): ``jax.lax.scan`` over
+the draws, each step one draw's network on a block of up to 2048 inputs, folded into a
+running reduction; at few inputs *input-major*: all draws of a few inputs at once, the draws
+split into scanned chunks only when one input's whole mixture does not fit. Quantiles keep
+each input chunk's mixture and solve all levels with Chandrupatla's method (:mod:`._roots`).
+Chunk sizes keep inputs x draws x max(K x D x (levels or grid points), widest layer) under
+``max_elements``.
 A last, partial draw chunk repeats the final real draw and masks the copies out (log-weight
 -inf, weight 0), so chunking never changes a result beyond float rounding.
 
