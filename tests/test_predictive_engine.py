@@ -206,3 +206,15 @@ def test_reduce_refuses_other_families_and_outputs():
     two = random_posterior(3, 2, num_outputs=2).predictive(np.zeros((3, 2)))
     with pytest.raises(ValueError, match=r"reduce\(\) is defined for one output"):
         two.reduce(4)
+
+
+def test_reduce_to_more_components_than_it_has_stays_finite():
+    # 2 draws x 2 components -> 6 groups: at least 2 stay empty; every query stays finite.
+    posterior = random_posterior(2, 2, hidden_sizes=(3,))
+    pred = posterior.predictive(np.random.default_rng(5).normal(size=(6, 2)))
+    reduced = pred.reduce(6)
+    y = pred.mean()
+    assert np.all(np.isfinite(reduced.X_std))
+    assert np.all(np.isfinite(bm.metrics.crps(reduced, y)))
+    assert np.all(np.isfinite(reduced.log_prob(y)))
+    np.testing.assert_allclose(reduced.variance(), pred.variance(), rtol=1e-5)

@@ -71,6 +71,14 @@ def compress_kernel(model, num_groups, num_iterations, draws, y_shift, y_scale, 
         return _merge(weights, locs, variances, jnp.argmin(cost, axis=-1), num_groups)
 
     weight, mean, variance = jax.lax.fori_loop(0, num_iterations, step, merged)
+    # A group left without members keeps weight _MIN_WEIGHT; give it the whole mixture's
+    # moments, so that no query meets a zero scale (a CRPS of 0 / 0).
+    total_mean = jnp.sum(weights * locs, axis=1, keepdims=True)
+    total_variance = jnp.sum(weights * (variances + jnp.square(locs - total_mean)), axis=1,
+                             keepdims=True)
+    empty = weight <= _MIN_WEIGHT
+    mean = jnp.where(empty, total_mean, mean)
+    variance = jnp.where(empty | (variance <= 0), total_variance, variance)
     log_weight = jnp.log(jnp.maximum(weight, _MIN_WEIGHT))
     log_weight = log_weight - jax.nn.logsumexp(log_weight, axis=1, keepdims=True)
     return log_weight, mean, jnp.sqrt(jnp.maximum(variance, 0.0))
