@@ -3,46 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import jax
 import numpy as np
 
-if TYPE_CHECKING:
-    pass
-
-from bayes_mdn.predictive._kernels import _num_chunks
-
+from bayes_mdn.predictive._evaluator import input_major_sizes
 
 # --------------------------------------------------------------------------- chunked driver
-def _next_power_of_two(value: int) -> int:
-    return 1 << max(0, int(value - 1).bit_length())
-
-
-def _chunk_sizes(num_inputs: int, num_draws: int, per_draw: int, max_elements: int,
-                 per_input: int = 0) -> tuple[int, int]:
-    """Inputs per kernel call and draws per scan step.
-
-    A call holds about ``input_chunk * (draw_chunk * per_draw + per_input)`` terms in its
-    largest intermediate array. While one input's whole mixture fits, all draws go in one
-    step and the input chunk is the largest power of two that fits (no larger than needed
-    for `num_inputs`). Otherwise each call takes one input and the draws are split into as
-    few steps as fit, balanced so that the last, padded step wastes little. One input and
-    one draw (``per_draw + per_input`` terms) is the finest split.
-
-    Returns
-    -------
-    input_chunk : int
-        A power of two.
-    draw_chunk : int
-        At most `num_draws`.
-    """
-    whole = num_draws * per_draw + per_input
-    if whole <= max_elements:
-        fitting = max_elements // whole
-        return min(1 << (fitting.bit_length() - 1), _next_power_of_two(num_inputs)), num_draws
-    fitting = max(1, (max_elements - per_input) // per_draw)
-    return 1, _num_chunks(num_draws, _num_chunks(num_draws, fitting))
+_chunk_sizes = input_major_sizes  # the planner lives in the evaluator
 
 
 def _pad_rows(array: np.ndarray, size: int) -> np.ndarray:

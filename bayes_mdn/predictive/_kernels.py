@@ -13,15 +13,22 @@ signature; only `y_scale` is used (by families with quantities fixed in original
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
 from functools import partial
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING
 
 import jax
 import jax.numpy as jnp
 from jax.scipy.special import logsumexp
 
 from bayes_mdn.predictive._constants import _RESOLVE_MIN_WEIGHT, _SUPPORT_MIN_WEIGHT, _SUPPORT_TAIL
+from bayes_mdn.predictive._evaluator import (
+    DrawChunk,
+    _num_chunks,  # noqa: F401  (re-exported for mixture and metrics)
+    evaluate_chunk,
+    num_draws_of,
+    reduce_draws,
+    stack_draws,
+)
 
 if TYPE_CHECKING:
     from bayes_mdn.model import MDN
@@ -29,50 +36,13 @@ if TYPE_CHECKING:
 
 
 # --------------------------------------------------------------------------- draw chunks
-class _Chunk(NamedTuple):
-    """One chunk of b draws evaluated at m inputs, in standardised units of y.
-
-    log_weights : (m, b, K) log mixing weights within each draw (log-softmax, no 1/S).
-    params : dict of (m, b, K, d) component parameters.
-    valid : (b,) False for the copies that pad the last chunk.
-    first : scalar index of the chunk's first draw.
-    """
-
-    log_weights: jax.Array
-    params: dict[str, jax.Array]
-    valid: jax.Array
-    first: jax.Array
-
-
-def _num_draws(draws: Mapping[str, jax.Array]) -> int:
-    return int(next(iter(draws.values())).shape[0])
-
-
-def _num_chunks(num_draws: int, draw_chunk: int) -> int:
-    return -(-num_draws // draw_chunk)
-
-
-def _draw_chunk(model: MDN, draws, y_shift, y_scale, X_std, draw_chunk: int, index) -> _Chunk:
-    """Evaluate draws ``[index * b, (index + 1) * b)`` at every input of the chunk.
-
-    Parameters are in standardised units of y (`y_shift` is unused; see the module
-    docstring). Positions past the last draw gather the last real draw again (a dynamic
-    gather instead of a padded copy of all draws) and are flagged invalid.
-    """
-    num_draws = _num_draws(draws)
-    first = index * draw_chunk
-    positions = first + jnp.arange(draw_chunk)
-    if draw_chunk == num_draws:  # one chunk: no gather needed
-        subset = draws
-    else:
-        take = jnp.minimum(positions, num_draws - 1)
-        subset = jax.tree.map(lambda value: value[take], draws)
-
-    def one_draw(params):
-        return model.mixture(params, X_std, y_scale)
-
-    log_weights, params = jax.vmap(one_draw, out_axes=1)(subset)  # (m, b, K), (m, b, K, d)
-    return _Chunk(log_weights, params, positions < num_draws, first)
+# The draw loops live in the evaluator (one home for draws x inputs); the old private names
+# stay for the kernels below and for metrics.
+_Chunk = DrawChunk
+_num_draws = num_draws_of
+_draw_chunk = evaluate_chunk
+_reduce_draws = reduce_draws
+_stack_draws = stack_draws
 
 
 def _mixture_log_weights(chunk: _Chunk, num_draws: int) -> jax.Array:
@@ -84,37 +54,6 @@ def _mixture_log_weights(chunk: _Chunk, num_draws: int) -> jax.Array:
 def _flat(array: jax.Array) -> jax.Array:
     """Merge the draw and component axes: (m, b, K, ...) -> (m, b * K, ...)."""
     return array.reshape(array.shape[0], -1, *array.shape[3:])
-
-
-def _reduce_draws(body, init, model, draws, y_shift, y_scale, X_std, draw_chunk, *,
-                  stacked: _Chunk | None = None):
-    """Fold ``carry = body(carry, chunk)`` over all draw chunks.
-
-    With one chunk the body is called directly (no loop); otherwise ``lax.scan`` visits the
-    chunks in order, recomputing each from the draws or reading it from `stacked`.
-    """
-    num_chunks = _num_chunks(_num_draws(draws), draw_chunk)
-    if stacked is not None:
-        if num_chunks == 1:
-            return body(init, jax.tree.map(lambda value: value[0], stacked))
-        return jax.lax.scan(lambda carry, chunk: (body(carry, chunk), None), init, stacked)[0]
-
-    def get(index):
-        return _draw_chunk(model, draws, y_shift, y_scale, X_std, draw_chunk, index)
-
-    if num_chunks == 1:
-        return body(init, get(0))
-    return jax.lax.scan(lambda carry, index: (body(carry, get(index)), None), init,
-                        jnp.arange(num_chunks))[0]
-
-
-def _stack_draws(model, draws, y_shift, y_scale, X_std, draw_chunk) -> _Chunk:
-    """All draw chunks, stacked on a leading axis: (num_chunks, m, b, K, ...)."""
-    num_chunks = _num_chunks(_num_draws(draws), draw_chunk)
-    return jax.lax.map(
-        lambda index: _draw_chunk(model, draws, y_shift, y_scale, X_std, draw_chunk, index),
-        jnp.arange(num_chunks),
-    )
 
 
 def _merge_moments(left, right):

@@ -1,0 +1,338 @@
+"""Predictive engine speed (issue 19): every query beside a hand-written draw-major kernel and
+the previous implementation, in one run; the 2-core arithmetic limit; compression losses.
+
+Model (speed parts): the seed's MDN (K = 20 Normal components, hidden (15, 15), tanh, P = 1,
+D = 1) fitted by mean-field SVI on the seed's 4000 rows (``--svi-steps``), S draws. Three
+implementations of each query, timed in the same process:
+
+* ``new``: ``PredictiveMixture`` of this package (draw-major layout at many inputs);
+* ``handwritten``: ``benchmarks/_predictive_handwritten.py``, the same arithmetic written
+  directly on the weights in column layout, ``lax.scan`` over draws (mean, log_prob only);
+* ``previous``: ``benchmarks/_predictive_previous``, a copy of ``bayes_mdn/predictive`` before
+  issue 19. For mean and log_prob it runs at a tenth of the inputs and its time is scaled
+  linearly in M (its cost is linear in M: scale.md, 10^5 -> 10^6), marked ``scaled``.
+
+Each time is the best of ``--repeats`` calls after a compiling call on one chunk. Pairs/s =
+M x S / seconds; GFLOP/s = pairs/s x the FLOP per pair of the query (counted below). The
+2-core limit is ``1 / (flop / F + transcendentals / T)`` pairs/s, with F the measured
+GFLOP/s of a (64 x 64) @ (64 x 2^16) float32 matmul and T the measured rate of exp, log1p and
+tanh on 2^22 floats (the slowest of the three) on this machine.
+
+Compression (``reduce``): the seed NUTS predictive at n = 200 (K = 5, hidden (20,)) and
+n = 4000 (K = 20, hidden (15, 15)), the settings of inference_seed.py, with a smaller NUTS
+budget (``--nuts-chains/--nuts-warmup/--nuts-samples``, initialised from a MAP ensemble);
+test log-likelihood and CRPS on ``--compress-inputs`` test rows for the full predictive and
+``reduce(K')``, K' = 5, 10, 20.
+
+    python benchmarks/predictive_speed.py [--quick] [--parts speed quantiles regions limit
+        compress] [--inputs 1e5] [--draws 1000] [--quantile-inputs 1000]
+        [--region-inputs 200] [--repeats 2]
+
+Writes results/predictive_speed.{json,md} (``--quick``: predictive_speed_quick.*).
+Speed ratios are within one run; the machine is shared and its load (``os.getloadavg``) is
+recorded with the results.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).parent))
+import itertools
+
+import _predictive_handwritten as hw
+from _predictive_previous import PredictiveMixture as PreviousMixture
+
+import bayes_mdn as bm
+
+RESULTS = Path(__file__).parent / "results"
+LEVELS = np.array([0.05, 0.5, 0.95])
+
+
+def best_of(function, repeats):
+    times, result = [], None
+    for _ in range(repeats):
+        start = time.perf_counter()
+        result = function()
+        times.append(time.perf_counter() - start)
+    return min(times), result
+
+
+def seed_posterior(num_draws: int, svi_steps: int) -> tuple[bm.Posterior, np.ndarray]:
+    X, y, X_test, _y_test = bm.datasets.inverse_sine(jax.random.key(0), num_samples=40_000,
+                                                    train_fraction=0.1)
+    model = bm.MDN(num_components=20, hidden_sizes=(15, 15))
+    post = model.fit(X, y, key=jax.random.key(1), method="svi", guide="normal",
+                     num_steps=svi_steps, num_draws=num_draws)
+    return post, X_test
+
+
+def inputs_for(X_test: np.ndarray, num: int) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(0)
+    X = X_test[rng.integers(0, len(X_test), num)]
+    y = rng.uniform(-10.5, 10.5, size=num)
+    return X, y
+
+
+def previous_of(pred: bm.PredictiveMixture) -> PreviousMixture:
+    return PreviousMixture(pred.model, pred.draws, pred.standardizer, pred.X_std,
+                           pred.max_elements)
+
+
+def flop_counts(P=1, hidden=(15, 15), K=20):
+    """(FLOP, transcendentals) per (input, draw) pair of the network and each query."""
+    widths = (P, *hidden)
+    net = sum(2 * a * b + b for a, b in itertools.pairwise(widths))
+    net += 2 * hidden[-1] * 3 * K + 3 * K
+    net_trans = sum(hidden) + 2 * K  # tanh; softplus = exp + log1p
+    softmax = 3 * K
+    mean = (net + softmax + 2 * K, net_trans + K + 1)  # K exp, 1 log
+    log_prob = (net + softmax + 6 * K + 3 * K, net_trans + K + 1 + K + 2 * K + 1)
+    return {"mean": mean, "log_prob": log_prob}
+
+
+def measure_limit() -> dict[str, float]:
+    W = jnp.asarray(np.random.default_rng(0).normal(size=(64, 64)), jnp.float32)
+    X = jnp.asarray(np.random.default_rng(1).normal(size=(64, 2**16)), jnp.float32)
+    matmul = jax.jit(lambda W, X: W @ X)
+    matmul(W, X).block_until_ready()
+    seconds, _ = best_of(lambda: matmul(W, X).block_until_ready(), 5)
+    gflops = 2 * 64 * 64 * 2**16 / seconds / 1e9
+    v = jnp.asarray(np.random.default_rng(2).normal(size=2**22), jnp.float32)
+    rates = {}
+    for name, fn in (("exp", jnp.exp), ("log1p", lambda x: jnp.log1p(jnp.abs(x))),
+                     ("tanh", jnp.tanh)):
+        f = jax.jit(fn)
+        f(v).block_until_ready()
+        seconds, _ = best_of(lambda f=f: f(v).block_until_ready(), 5)
+        rates[name] = v.size / seconds / 1e9
+    return {"matmul_gflops": gflops, **{f"{k}_G_per_s": r for k, r in rates.items()},
+            "transcendental_G_per_s": min(rates.values())}
+
+
+def speed_part(post, X_test, args, limit):
+    rows = []
+    S = post.num_chains * post.num_draws
+    flat = {name: jnp.asarray(value.reshape(-1, *value.shape[2:]))
+            for name, value in post.draws.items()}
+    X, y = inputs_for(X_test, args.inputs)
+    pred = post.predictive(X)
+    X_std = np.asarray(pred.X_std)
+    y_std = pred._to_standardised(y[:, None])[:, 0]
+    small = args.inputs // 10
+    old = previous_of(pred[:small])
+    counts = flop_counts()
+    static = dict(num_hidden=2, num_components=20, min_scale=1e-3)
+    block = 2048
+    queries = {
+        "mean": (lambda: pred.mean(), lambda: pred[:4096].mean(),
+                 lambda: hw.run_blocks(hw.mean_kernel, flat, X_std, block=block, **static),
+                 lambda: old.mean()),
+        "log_prob": (lambda: pred.log_prob(y), lambda: pred[:4096].log_prob(y[:4096]),
+                     lambda: hw.run_blocks(hw.log_prob_kernel, flat, X_std, y_std,
+                                           block=block, **static),
+                     lambda: old.log_prob(y[:small])),
+    }
+    for name, (new, warm, hand, previous) in queries.items():
+        warm(), hand(), previous()  # compile every program first
+        new_s, new_value = best_of(new, args.repeats)
+        hand_s, hand_value = best_of(hand, args.repeats)
+        old_s, old_value = best_of(previous, args.repeats)
+        old_scaled = old_s * args.inputs / small
+        value = new_value[:, 0] if new_value.ndim == 2 else new_value
+        hand_value = (pred._to_original(hand_value[:, None])[:, 0] if name == "mean"
+                      else hand_value - pred._log_scale())
+        flop, trans = counts[name]
+        pairs = args.inputs * S
+        limit_pairs = 1.0 / (flop / (limit["matmul_gflops"] * 1e9)
+                             + trans / (limit["transcendental_G_per_s"] * 1e9))
+        rows.append({
+            "query": name, "M": args.inputs, "S": S, "K": 20,
+            "new_s": new_s, "handwritten_s": hand_s,
+            "previous_s": old_scaled, "previous_M": small, "previous_timing": "scaled x10",
+            "new_over_handwritten": new_s / hand_s, "speedup_vs_previous": old_scaled / new_s,
+            "pairs_per_s": pairs / new_s, "gflops": pairs * flop / new_s / 1e9,
+            "flop_per_pair": flop, "transcendentals_per_pair": trans,
+            "limit_pairs_per_s": limit_pairs, "fraction_of_limit": pairs / new_s / limit_pairs,
+            "max_abs_diff_handwritten": float(np.max(np.abs(value - hand_value))),
+            "max_abs_diff_previous": float(np.max(np.abs(
+                new_value[:small] - old_value))),
+            "target": "new <= 1.2 x handwritten; >= 3x previous",
+        })
+        print(rows[-1], flush=True)
+    return rows
+
+
+def quantile_part(post, X_test, args):
+    X, _ = inputs_for(X_test, args.quantile_inputs)
+    pred = post.predictive(X)
+    old = previous_of(pred)
+    chunk = pred._chunk_plan(len(LEVELS))[0]  # the same chunk shape in both: compile first
+    pred[:chunk].quantiles(LEVELS), old[:chunk].quantiles(LEVELS)
+    new_s, new_value = best_of(lambda: pred.quantiles(LEVELS), args.repeats)
+    old_s, old_value = best_of(lambda: old.quantiles(LEVELS), 1)
+    cdf_error = max(float(np.max(np.abs(pred.cdf(new_value[i])[:, 0] - level)))
+                    for i, level in enumerate(LEVELS))
+    row = {"query": "quantiles (3 levels)", "M": args.quantile_inputs,
+           "S": post.num_chains * post.num_draws, "K": 20, "new_s": new_s,
+           "previous_s": old_s, "previous_M": args.quantile_inputs, "previous_timing": "same M",
+           "speedup_vs_previous": old_s / new_s,
+           "max_abs_diff_previous": float(np.max(np.abs(new_value - old_value))),
+           "max_cdf_error": cdf_error, "target": ">= 10x previous"}
+    print(row, flush=True)
+    return [row]
+
+
+def region_part(post, X_test, args):
+    X, _ = inputs_for(X_test, args.region_inputs)
+    pred = post.predictive(X)
+    old = previous_of(pred)
+    rows = []
+    for name, new, previous in (("hdr(0.9)", lambda p: p.hdr(0.9), lambda p: p.hdr(0.9)),
+                                ("modes()", lambda p: p.modes(), lambda p: p.modes())):
+        # Chunk shapes depend on M: the first (compiling) call of each is not timed.
+        new_s, new_value = best_of(lambda new=new: new(pred), args.repeats + 1)
+        old_s, old_value = best_of(lambda previous=previous: previous(old), 2)
+        same = float(np.mean([a.shape == b.shape and np.allclose(a, b, atol=1e-3)
+                              for a, b in zip(new_value, old_value, strict=True)]))
+        rows.append({"query": name, "M": args.region_inputs,
+                     "S": post.num_chains * post.num_draws, "K": 20, "new_s": new_s,
+                     "previous_s": old_s, "previous_M": args.region_inputs,
+                     "previous_timing": "same M", "speedup_vs_previous": old_s / new_s,
+                     "same_within_1e-3": same, "target": "reported"})
+        print(rows[-1], flush=True)
+    return rows
+
+
+SEED_SETTINGS = {200: dict(K=5, hidden=(20,), prior_scale=2.0, scale_head_prior=None),
+                 4000: dict(K=20, hidden=(15, 15), prior_scale=2.0, scale_head_prior=0.5)}
+
+
+def compress_part(args):
+    from bayes_mdn.priors import FanInNormal
+
+    rows = []
+    for num_train, setting in SEED_SETTINGS.items():
+        total = num_train + 20_000
+        X, y, X_test, y_test = bm.datasets.inverse_sine(
+            jax.random.key(0), num_samples=total, train_fraction=num_train / total)
+        prior = FanInNormal(setting["prior_scale"])
+        if setting["scale_head_prior"] is not None:
+            prior = {"default": prior, "scale": FanInNormal(setting["scale_head_prior"])}
+        model = bm.MDN(num_components=setting["K"], hidden_sizes=setting["hidden"],
+                       prior=prior)
+        start = time.perf_counter()
+        ensemble = model.fit(X, y, key=jax.random.key(3), method="ensemble",
+                             num_members=args.nuts_chains, num_steps=args.map_steps)
+        nuts = model.fit(X, y, key=jax.random.key(8), method="nuts", init=ensemble,
+                         num_chains=args.nuts_chains, num_warmup=args.nuts_warmup,
+                         num_samples=args.nuts_samples, max_tree_depth=5)
+        fit_s = time.perf_counter() - start
+        X_eval, y_eval = X_test[:args.compress_inputs], y_test[:args.compress_inputs]
+        full = nuts.predictive(X_eval)
+        full_ll = float(np.mean(full.log_prob(y_eval)))
+        full_crps = float(np.mean(bm.metrics.crps(full, y_eval)))
+        for components in (5, 10, 20, 30):
+            start = time.perf_counter()
+            reduced = full.reduce(components)
+            reduce_s = time.perf_counter() - start
+            ll = float(np.mean(reduced.log_prob(y_eval)))
+            crps = float(np.mean(bm.metrics.crps(reduced, y_eval)))
+            rows.append({
+                "n_train": num_train, "S": nuts.num_chains * nuts.num_draws,
+                "K": setting["K"], "K_reduced": components, "numbers_per_input": 3 * components,
+                "full_numbers_per_input": 3 * setting["K"] * nuts.num_chains * nuts.num_draws,
+                "test_rows": len(y_eval), "full_test_ll": full_ll, "reduced_test_ll": ll,
+                "ll_loss_nats": full_ll - ll, "full_crps": full_crps, "reduced_crps": crps,
+                "crps_loss_percent": 100 * (crps - full_crps) / full_crps,
+                "reduce_s": reduce_s, "fit_s": fit_s,
+                "nuts": f"{args.nuts_chains} chains x {args.nuts_warmup} warmup x "
+                        f"{args.nuts_samples}, ensemble init ({args.map_steps} MAP steps)",
+                "target": "K'=20: ll loss <= 0.005 nats, CRPS loss <= 0.5 %",
+            })
+            print(rows[-1], flush=True)
+    return rows
+
+
+def markdown(results) -> str:
+    lines = [f"Load average (1, 5, 15 min) at start {results['load_start']}, end "
+             f"{results['load_end']}; 2 shared CPU cores. {results['note']}", ""]
+    if "limit" in results:
+        lines += ["Machine limit: " + ", ".join(f"{k} {v:.3g}" for k, v in
+                                                results["limit"].items()), ""]
+    for part in ("speed", "quantiles", "regions", "compress"):
+        rows = results.get(part)
+        if not rows:
+            continue
+        keys = list(rows[0])
+        lines += [f"### {part}", "", "| " + " | ".join(keys) + " |",
+                  "|" + "---|" * len(keys)]
+        for row in rows:
+            cells = [f"{v:.4g}" if isinstance(v, float) else str(v) for v in row.values()]
+            lines.append("| " + " | ".join(cells) + " |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--parts", nargs="+",
+                        default=["limit", "speed", "quantiles", "regions", "compress"])
+    parser.add_argument("--inputs", type=float, default=1e5)
+    parser.add_argument("--draws", type=int, default=1000)
+    parser.add_argument("--quantile-inputs", type=int, default=1000)
+    parser.add_argument("--region-inputs", type=int, default=200)
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--svi-steps", type=int, default=3000)
+    parser.add_argument("--nuts-chains", type=int, default=4)
+    parser.add_argument("--nuts-warmup", type=int, default=100)
+    parser.add_argument("--nuts-samples", type=int, default=50)
+    parser.add_argument("--map-steps", type=int, default=1000)
+    parser.add_argument("--compress-inputs", type=int, default=1000)
+    args = parser.parse_args()
+    if args.quick:
+        args.inputs, args.draws, args.quantile_inputs, args.region_inputs = 2**14, 200, 64, 32
+        args.svi_steps, args.nuts_chains, args.nuts_warmup, args.nuts_samples = 500, 2, 30, 30
+        args.map_steps, args.compress_inputs, args.repeats = 300, 200, 1
+    args.inputs = int(args.inputs)
+    name = "predictive_speed_quick" if args.quick else "predictive_speed"
+    path = RESULTS / f"{name}.json"
+    results = json.loads(path.read_text()) if path.exists() else {}
+    results.update(load_start=[round(v, 1) for v in os.getloadavg()],
+                   note=f"mean/log_prob at M = {args.inputs} (previous at M / 10, scaled "
+                        "linearly); quantiles, hdr, modes at the same M for both.")
+    if "limit" in args.parts:
+        results["limit"] = measure_limit()
+        print(results["limit"], flush=True)
+    if {"speed", "quantiles", "regions"} & set(args.parts):
+        post, X_test = seed_posterior(args.draws, args.svi_steps)
+        if "speed" in args.parts:
+            results["speed"] = speed_part(post, X_test, args, results["limit"])
+        if "quantiles" in args.parts:
+            results["quantiles"] = quantile_part(post, X_test, args)
+        if "regions" in args.parts:
+            results["regions"] = region_part(post, X_test, args)
+    if "compress" in args.parts:
+        results["compress"] = compress_part(args)
+    results["load_end"] = [round(v, 1) for v in os.getloadavg()]
+    RESULTS.mkdir(exist_ok=True)
+    for suffix, text in (("json", json.dumps(results, indent=1)), ("md", markdown(results))):
+        target = RESULTS / f"{name}.{suffix}"
+        temporary = target.with_suffix(f".{suffix}.tmp")
+        temporary.write_text(text)
+        temporary.replace(target)
+    print(markdown(results))
+
+
+if __name__ == "__main__":
+    main()
