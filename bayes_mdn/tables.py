@@ -59,6 +59,7 @@ import numpy as np
 
 from bayes_mdn._progress import check_progress, progress_bar
 from bayes_mdn._validation import check_key, check_positive_int
+from bayes_mdn.families import Normal
 from bayes_mdn.posterior import Posterior
 from bayes_mdn.predictive import DEFAULT_MAX_ELEMENTS, PredictiveMixture
 
@@ -174,9 +175,13 @@ class OutputSpec:
         params: tuple[str, ...] = ("loc", "scale")
         if "mixture" in outputs:
             params = tuple(posterior.model.family.head_dims(1))
-            if not hasattr(PredictiveMixture, "reduce") and set(params) != {"loc", "scale"}:
-                raise ValueError(f"output 'mixture' is available for the Normal family here; "
-                                 f"this fit uses {posterior.model.family.name!r}.")
+            # PredictiveMixture.reduce merges Normal components only (moment matching
+            # keeps a merged Normal a Normal); said here, before any row is read.
+            if not isinstance(posterior.model.family, Normal) or num_outputs != 1:
+                raise ValueError(f"output 'mixture' (the compressed mixture) needs the Normal "
+                                 f"family and one output; this fit uses "
+                                 f"{posterior.model.family.name!r} with {num_outputs} "
+                                 "output(s). Choose other outputs, e.g. quantiles.")
         names = posterior.info.get("target_names")
         if not names or len(names) != num_outputs:
             names = ["y"] if num_outputs == 1 else [f"y{d}" for d in range(num_outputs)]
@@ -318,14 +323,10 @@ def _compressed_mixture(pred: PredictiveMixture, num_components: int
                         ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """(log_weights (M, K'), params each (M, K', 1)), components sorted heaviest first.
 
-    Uses ``pred.reduce(num_components=...)`` where the predictive engine provides it, else
-    :func:`_moment_matched_stand_in`. Fewer than K' components (a small S x K) are padded
-    with zero-weight copies of the last one.
+    From :meth:`PredictiveMixture.reduce` (a moment-preserving merge). Fewer than K'
+    components (a small S x K) are padded with zero-weight copies of the last one.
     """
-    if hasattr(pred, "reduce"):
-        log_weights, params = pred.reduce(num_components=num_components).mixture_parameters()
-    else:
-        log_weights, params = _moment_matched_stand_in(pred, num_components)
+    log_weights, params = pred.reduce(num_components=num_components).mixture_parameters()
     order = np.argsort(-log_weights, axis=1, kind="stable")
     log_weights = np.take_along_axis(log_weights, order, axis=1)
     params = {name: np.take_along_axis(value, order[:, :, None], axis=1)
@@ -338,38 +339,6 @@ def _compressed_mixture(pred: PredictiveMixture, num_components: int
                                        axis=1) for name, value in params.items()}
     return log_weights, params
 
-
-def _moment_matched_stand_in(pred: PredictiveMixture, num_components: int
-                             ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    """Stand-in for ``PredictiveMixture.reduce`` (delete once it lands): Normal family, D = 1.
-
-    The S x K components of each input are assigned to the nearest (in units of the centre's
-    scale) of the K' heaviest, and each group is replaced by the Normal with the group's
-    weight, mean and variance (moment matching). The mixture's overall mean and variance
-    are preserved exactly.
-    """
-    if set(pred.model.family.head_dims(1)) != {"loc", "scale"}:
-        raise ValueError("The mixture compression stand-in handles location-scale families "
-                         "(loc, scale) only.")
-    log_weights, params = pred.mixture_parameters()  # (M, S*K), (M, S*K, 1)
-    weights = np.exp(log_weights - log_weights.max(axis=1, keepdims=True))
-    weights /= weights.sum(axis=1, keepdims=True)
-    loc, scale = params["loc"][:, :, 0], params["scale"][:, :, 0]
-    total = weights.shape[1]
-    if total <= num_components:
-        return np.log(weights), {"loc": loc[:, :, None], "scale": scale[:, :, None]}
-    centres = np.argsort(-weights, axis=1, kind="stable")[:, :num_components]  # (M, K')
-    centre_loc = np.take_along_axis(loc, centres, axis=1)
-    centre_scale = np.take_along_axis(scale, centres, axis=1)
-    distance = np.abs(loc[:, :, None] - centre_loc[:, None, :]) / centre_scale[:, None, :]
-    group = np.argmin(distance, axis=2)  # (M, S*K)
-    member = group[:, :, None] == np.arange(num_components)  # (M, S*K, K')
-    w = weights[:, :, None] * member
-    mass = w.sum(axis=1)  # (M, K'), > 0: every centre is in its own group
-    mean = (w * loc[:, :, None]).sum(axis=1) / mass
-    second = (w * (scale[:, :, None] ** 2 + loc[:, :, None] ** 2)).sum(axis=1) / mass
-    variance = np.maximum(second - mean**2, np.square(centre_scale) * 1e-12)
-    return np.log(mass), {"loc": mean[:, :, None], "scale": np.sqrt(variance)[:, :, None]}
 
 
 # --------------------------------------------------------------------------- reading

@@ -139,9 +139,9 @@ def test_every_output(posterior, table, tmp_path):
                                atol=1e-5)
 
 
-def test_moment_matched_stand_in_preserves_mean_and_variance(posterior):
+def test_compressed_mixture_preserves_mean_and_variance(posterior):
     pred = posterior.predictive(np.linspace(-10, 10, 17)[:, None])
-    log_weights, params = tables._moment_matched_stand_in(pred, 2)
+    log_weights, params = tables._compressed_mixture(pred, 2)
     weights = np.exp(log_weights)
     loc, scale = params["loc"][:, :, 0], params["scale"][:, :, 0]
     mean = (weights * loc).sum(axis=1)

@@ -333,6 +333,9 @@ class RecalibratedPredictive(PredictiveMixture):
     def mixture_parameters(self) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         raise ValueError(f"mixture_parameters(): {_NOT_A_MIXTURE}")
 
+    def reduce(self, num_components: int = 30, **kwargs: Any) -> PredictiveMixture:
+        raise ValueError(f"reduce(): {_NOT_A_MIXTURE}")
+
 
 # --------------------------------------------------------------------------- fitting
 def pit_values(pred: PredictiveMixture, y: np.ndarray, *, key: jax.Array | None) -> np.ndarray:
