@@ -142,13 +142,13 @@ def _check_levels(levels: Any) -> np.ndarray:
 
 
 def _family_name(pred: PredictiveMixture) -> str:
-    return str(getattr(pred.model.family, "name", type(pred.model.family).__name__))
+    return pred.model.family.name
 
 
 def _is_discrete(pred: PredictiveMixture) -> bool:
     if not isinstance(pred, PredictiveMixture):  # a StackedPredictive says so itself
         return bool(pred.discrete)
-    return bool(getattr(pred.model.family, "discrete", False))
+    return pred.model.family.discrete
 
 
 # --------------------------------------------------------------------------- log score
@@ -424,13 +424,15 @@ def crps(
     # The kernels work in standardised units of y; CRPS scales with y_scale.
     targets = pred._to_standardised(_check_targets(pred, y))
     family = _family_name(pred)
+    # The family declares whether its components have a closed-form CRPS (Normal does).
+    closed_form = pred.model.family.closed_form_crps
     terms = pred.num_draws * pred.num_components
     if method == "auto":
-        if family != "normal":
+        if not closed_form:
             method = "sample"
         else:
             method = "closed_form" if terms <= CLOSED_FORM_MAX_TERMS else "routed"
-    if method in ("closed_form", "quadrature") and family != "normal":
+    if method in ("closed_form", "quadrature") and not closed_form:
         raise ValueError(f"method={method!r} needs Normal components; this model's family is "
                          f"{family!r}. Use method='sample' with key=jax.random.key(0).")
     if method == "closed_form":

@@ -51,14 +51,23 @@ def compress_kernel(model, num_groups, num_iterations, draws, y_shift, y_scale, 
     locs = model.family.mean(chunk.params).reshape(rows, -1)
     variances = model.family.variance(chunk.params).reshape(rows, -1)
 
-    # Initial groups: K' slices of equal mass along the sorted locations.
-    order = jnp.argsort(locs, axis=1)
-    cumulative = jnp.cumsum(jnp.take_along_axis(weights, order, axis=1), axis=1)
-    cumulative = cumulative / cumulative[:, -1:]
-    sorted_groups = jnp.minimum((cumulative * num_groups).astype(jnp.int32), num_groups - 1)
-    groups = jnp.zeros_like(sorted_groups).at[jnp.arange(rows)[:, None], order].set(
-        sorted_groups)
-    merged = _merge(weights, locs, variances, groups, num_groups)
+    total = weights.shape[1]
+    if total <= num_groups:
+        # Room for every component: each is its own group, so the result is the mixture
+        # itself (the extra groups stay empty), and no merging step is needed.
+        groups = jnp.broadcast_to(jnp.arange(total, dtype=jnp.int32), (rows, total))
+        merged = _merge(weights, locs, variances, groups, num_groups)
+        num_iterations = 0
+    else:
+        # Initial groups: K' slices of equal mass along the sorted locations.
+        order = jnp.argsort(locs, axis=1)
+        cumulative = jnp.cumsum(jnp.take_along_axis(weights, order, axis=1), axis=1)
+        cumulative = cumulative / cumulative[:, -1:]
+        sorted_groups = jnp.minimum((cumulative * num_groups).astype(jnp.int32),
+                                    num_groups - 1)
+        groups = jnp.zeros_like(sorted_groups).at[jnp.arange(rows)[:, None], order].set(
+            sorted_groups)
+        merged = _merge(weights, locs, variances, groups, num_groups)
 
     def step(_, merged):
         weight, mean, variance = merged

@@ -7,7 +7,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from test_predictive import random_posterior
+from _posteriors import random_posterior
 
 import bayes_mdn as bm
 from bayes_mdn import predictive
