@@ -424,8 +424,9 @@ def crps(
     # The kernels work in standardised units of y; CRPS scales with y_scale.
     targets = pred._to_standardised(_check_targets(pred, y))
     family = _family_name(pred)
-    # The family declares whether its components have a closed-form CRPS (Normal does).
-    closed_form = pred.model.family.closed_form_crps
+    # The family declares whether its components have a closed-form CRPS (Normal does; a
+    # discrete subclass of it does not inherit that: its CRPS is a sum over integers).
+    closed_form = pred.model.family.closed_form_crps and not pred.model.family.discrete
     terms = pred.num_draws * pred.num_components
     if method == "auto":
         if not closed_form:
