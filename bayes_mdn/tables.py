@@ -46,10 +46,13 @@ import csv
 import hashlib
 import json
 import os
+import queue
 import shutil
 import tempfile
+import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -579,6 +582,56 @@ def _assemble(pa: Any, parts: list[Path], dest: Path, format: str,
         raise
 
 
+class _Failure:
+    """An exception raised in the prefetching thread, to be raised again by the consumer."""
+
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
+
+
+def _prefetched(items: Iterable[Any], depth: int = 1) -> Iterator[Any]:
+    """Yield `items` while a background thread already produces the next `depth` of them.
+
+    The producer's exceptions are raised in the consumer, at the item where they happened.
+    A consumer that stops early (an exception, ``break``) stops the thread at its next item.
+    """
+    buffer: queue.Queue = queue.Queue(maxsize=depth)
+    finished, stop = object(), threading.Event()
+
+    def offer(item: Any) -> bool:
+        while not stop.is_set():
+            try:
+                buffer.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        try:
+            for item in items:
+                if not offer(item):
+                    return
+        except BaseException as error:  # handed to the consumer, raised there
+            offer(_Failure(error))
+            return
+        offer(finished)
+
+    thread = threading.Thread(target=produce, name="bayes_mdn-read", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item = buffer.get()
+            if item is finished:
+                return
+            if isinstance(item, _Failure):
+                raise item.error
+            yield item
+    finally:
+        stop.set()
+        thread.join()
+
+
 # --------------------------------------------------------------------------- public
 def predict_table(
     posterior: Posterior,
@@ -735,25 +788,42 @@ def predict_table(
     if missing_parts:
         raise ValueError(f"The partial run in {partial} lacks {missing_parts[0].name}; pass "
                          "resume=False to start over.")
+    def numbered_batches() -> Iterator[tuple[pa.Table, np.ndarray]]:
+        first_row = done_rows
+        for table in reader.batches(batch_rows, skip_rows=done_rows):
+            yield table, reader.features(table, first_row)
+            first_row += table.num_rows
+
+    def write_part(out: pa.Table, path: Path, parts: int, rows_done: int) -> None:
+        temporary = path.with_name(path.name + ".tmp")
+        pa.parquet.write_table(out, temporary)
+        os.replace(temporary, path)
+        _write_json(partial / _MANIFEST, {**manifest, "parts": parts, "rows": rows_done})
+
+    # Reading (and checking) the next batch and writing the last one overlap with the
+    # predictive of this one: pyarrow and XLA release the GIL, so the file work hides behind
+    # the arithmetic. One part is written at a time, in order, so the manifest never counts a
+    # part that is not on disk.
     try:
         with progress_bar(reader.num_rows, desc="predict", unit="row", progress=progress,
-                          initial=done_rows) as bar:
-            for table in reader.batches(batch_rows, skip_rows=done_rows):
+                          initial=done_rows) as bar, \
+                ThreadPoolExecutor(max_workers=1, thread_name_prefix="bayes_mdn-write") as writer:
+            pending: Future | None = None
+            for table, X in _prefetched(numbered_batches()):
                 index = len(part_paths)
-                X = reader.features(table, rows)
                 batch_key = None if key is None else jax.random.fold_in(key, index)
                 columns = predict_columns(posterior, X, spec, key=batch_key,
                                           max_elements=max_elements)
                 out = _arrow_table(pa, table.select(keep), columns)
+                if pending is not None:
+                    pending.result()  # surfaces a failed write before queueing the next
                 path = partial / f"part-{index:06d}.parquet"
-                temporary = path.with_name(path.name + ".tmp")
-                pa.parquet.write_table(out, temporary)
-                os.replace(temporary, path)
                 part_paths.append(path)
                 rows += table.num_rows
-                _write_json(partial / _MANIFEST, {**manifest, "parts": len(part_paths),
-                                                  "rows": rows})
+                pending = writer.submit(write_part, out, path, len(part_paths), rows)
                 bar.update(table.num_rows)
+            if pending is not None:
+                pending.result()
         if rows == 0:
             raise ValueError(f"{source} has no data rows.")
         metadata = {b"bayes_mdn": json.dumps({"spec": spec.to_dict(), "inputs": reader.inputs,

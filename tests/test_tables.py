@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import jax
 import numpy as np
 import pandas as pd
@@ -213,3 +215,67 @@ def test_output_spec_rejects_one_output_summaries_for_two_targets():
     with pytest.raises(ValueError, match=r"need one target \(D = 1\); this fit has D = 2"):
         OutputSpec.build(post, ["modes"])
     assert OutputSpec.build(post, ["mean"]).columns() == ["mean_y0", "mean_y1"]
+
+
+def test_prefetched_keeps_order_raises_where_the_producer_failed_and_stops_early():
+    import threading
+
+    assert list(tables._prefetched(iter(range(50)), depth=3)) == list(range(50))
+
+    def failing():
+        yield 0
+        yield 1
+        raise ValueError("bad row 2")
+
+    seen = []
+    with pytest.raises(ValueError, match="bad row 2"):
+        for item in tables._prefetched(failing()):
+            seen.append(item)
+    assert seen == [0, 1]
+
+    produced = []
+
+    def endless():
+        index = 0
+        while True:
+            produced.append(index)
+            yield index
+            index += 1
+
+    before = threading.active_count()
+    for item in tables._prefetched(endless()):
+        if item == 2:
+            break
+    assert threading.active_count() == before  # the reading thread has ended
+    assert len(produced) <= 5
+
+
+def test_a_failed_part_write_leaves_a_consistent_partial_run(posterior, table, tmp_path,
+                                                             monkeypatch):
+    """The manifest never counts a part that is not on disk, so resuming after a failed
+    write (disk full) gives the uninterrupted result."""
+    path, _, _ = table
+    full = tmp_path / "full.parquet"
+    predict_table(posterior, path, full, batch_rows=40)
+    dest = tmp_path / "out.parquet"
+    original = pq.write_table
+    calls = {"n": 0}
+
+    def failing_write(table_, where, *args, **kwargs):
+        if str(where).endswith(".tmp") and "part-" in str(where):
+            calls["n"] += 1
+            if calls["n"] == 3:
+                raise OSError("No space left on device")
+        return original(table_, where, *args, **kwargs)
+
+    monkeypatch.setattr(pq, "write_table", failing_write)
+    with pytest.raises(OSError, match="No space left"):
+        predict_table(posterior, path, dest, batch_rows=40)
+    monkeypatch.setattr(pq, "write_table", original)
+    partial = tmp_path / ".out.parquet.partial"
+    manifest = json.loads((partial / "manifest.json").read_text())
+    assert manifest["parts"] == 2
+    report = predict_table(posterior, path, dest, batch_rows=40, resume=True)
+    assert report["resumed_rows"] == 80
+    pd.testing.assert_frame_equal(pq.read_table(dest).to_pandas(),
+                                  pq.read_table(full).to_pandas())
