@@ -111,19 +111,27 @@ def flagged_bands(train) -> list[int]:
             if np.sum(column >= 90) >= MIN_FLAGGED]
 
 
-def features(frame, limits: np.ndarray, flags: list[int]) -> np.ndarray:
-    """(N, 6 + len(flags)): i magnitude, five colours, a non-detection flag per flagged band.
+def features(frame, limits: np.ndarray, flags: list[int], *, errors: bool = False
+             ) -> np.ndarray:
+    """(N, 6 + len(flags) [+ 6]): i magnitude, five colours, a non-detection flag per flagged
+    band [, the log10 magnitude error per band].
 
     A non-detection (99) carries only "fainter than the survey can see": it is replaced by
     the band's limiting magnitude, and a magnitude fainter than the limit (noise-dominated)
     is set to the limit too; the flag keeps the information that the band was not detected.
+    With ``errors``, each band's magnitude error enters as log10, clipped to [0.005, 1] mag
+    (a non-detection's recorded error, a placeholder, is set to 1 mag: no information).
     """
     mags = magnitudes(frame)
     detected = mags < 90
     mags = np.where(detected, np.minimum(mags, limits), limits)
     colours = mags[:, :-1] - mags[:, 1:]
-    return np.column_stack([mags[:, 3], colours,
-                            *[(~detected[:, j]).astype(np.float64) for j in flags]])
+    columns = [mags[:, 3], colours, *[(~detected[:, j]).astype(np.float64) for j in flags]]
+    if errors:
+        errs = frame[[f"mag_err_{band}_lsst" for band in BANDS]].to_numpy(np.float64)
+        errs = np.where(detected, np.clip(errs, 0.005, 1.0), 1.0)
+        columns.append(np.log10(errs))
+    return np.column_stack(columns)
 
 
 def tune_split(num_rows: int) -> tuple[np.ndarray, np.ndarray]:
