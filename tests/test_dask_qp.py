@@ -133,6 +133,6 @@ def test_predict_qp_streams_a_catalogue_and_refuses_bad_input(posterior, tmp_pat
         predict_qp(posterior, source, tmp_path / "b.hdf5", keep=("id", "name"))
     with pytest.raises(FileNotFoundError, match="The output folder"):
         predict_qp(posterior, source, tmp_path / "missing" / "b.hdf5")
-    with pytest.raises(TypeError, match="`posterior` must be a bayes_mdn.Posterior"):
+    with pytest.raises(TypeError, match=r"`posterior` must be a bayes_mdn\.Posterior"):
         predict_qp(posterior.predictive(X[:, None]), source, tmp_path / "b.hdf5")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["catalogue.csv", "pz.hdf5"]
