@@ -16,6 +16,14 @@ Methods, all on the same split:
   in that band (:func:`features`).
   Only the number of Adam steps is tuned: the best held-out log-likelihood of one MAP fit
   on the other 80 % of the training rows, then every fit uses that count on all of them.
+  The other choices were compared on the same split by ``benchmarks/photoz_sweep.py``
+  (results/photoz_sweep.md: the magnitude errors as extra inputs, 20 components and
+  128-unit layers, one against five members): none improved the held-out CRPS by more
+  than 0.5 %, so the recipe kept the smaller network and inputs.
+* bayes_mdn ``ensemble recalibrated``: that ensemble with its predictive recalibrated
+  (:meth:`bayes_mdn.Posterior.recalibrate`, isotonic map of PIT values) by cross-fitting
+  on the training rows (``cv=RECALIBRATION_FOLDS``: refits of the same recipe, each
+  without one fold); its fit seconds include the ensemble's.
 * FlexZBoost (``pz-rail-flexzboost``: FlexCode with XGBoost; RAIL tunes its bump threshold
   and sharpening on its own held-out quarter of the training rows), kNN
   (``pz-rail-sklearn``'s ``KNearNeigh``, RAIL's own grid search) and pzflow
@@ -31,9 +39,12 @@ where no peer puts any density, are left out and counted),
 rates with the RAIL rule and 0.15, log score with densities floored at 1e-4, CRPS, CDE
 loss, PIT KS/CvM/AD) on the mode of p(z) as the point estimate; for
 bayes_mdn the exact scores (log score, CRPS and PIT of the mixture itself) are recorded too.
+``crps_core`` and ``crps_0.15_outliers`` split each method's CRPS between its galaxies
+whose mode is within 0.15 (1 + z) of the truth and the others (:func:`crps_split`).
 Fit and predict seconds are wall-clock, one run, with the peers' process running beside
 bayes_mdn's (so both share the machine; on a loaded machine they are orders of magnitude,
-not ratios).
+not ratios). The recorded run started the peers first (``--run-peers``) and merged them
+with ``--peers-from`` while bayes_mdn's fits ran.
 
 pzflow is slow on CPUs (on a loaded 2-core machine its ``--quick`` run, 5 epochs and 3000
 galaxies, took 539 s to fit and 297 s to predict); leave it out with ``--peers FlexZBoost
