@@ -375,7 +375,11 @@ def gridded_density(pdf: Any, grid: Any, z: Any) -> np.ndarray:
     -------
     numpy.ndarray, shape (N,)
     """
-    values, grid, z = _as_gridded(pdf, grid, z)
+    return _density_at(*_as_gridded(pdf, grid, z))
+
+
+def _density_at(values: np.ndarray, grid: np.ndarray, z: np.ndarray) -> np.ndarray:
+    """:func:`gridded_density` of arguments already checked by :func:`_as_gridded`."""
     index, offset = _locate(grid, z)
     rows = np.arange(values.shape[0])
     slope = (values[rows, index + 1] - values[rows, index]) / np.diff(grid)[index]
@@ -400,11 +404,15 @@ def gridded_cdf(pdf: Any, grid: Any, z: Any) -> np.ndarray:
     -------
     numpy.ndarray, shape (N,), in [0, 1]
     """
-    values, grid, z = _as_gridded(pdf, grid, z)
+    return _cdf_at(*_as_gridded(pdf, grid, z))
+
+
+def _cdf_at(values: np.ndarray, grid: np.ndarray, z: np.ndarray) -> np.ndarray:
+    """:func:`gridded_cdf` of arguments already checked by :func:`_as_gridded`."""
     cumulative = _cumulative(values, grid)
     index, offset = _locate(grid, z)
     rows = np.arange(values.shape[0])
-    at_z = gridded_density(values, grid, z)
+    at_z = _density_at(values, grid, z)
     return np.clip(cumulative[rows, index] + offset * (values[rows, index] + at_z) / 2, 0, 1)
 
 
@@ -439,7 +447,11 @@ def gridded_crps(pdf: Any, grid: Any, z_true: Any) -> np.ndarray:
     Gneiting & Raftery 2007, JASA 102, 359; Polsterer, D'Isanto & Gieseke 2016
     (CRPS for photo-z), arXiv:1608.08016.
     """
-    values, grid, z_true = _as_gridded(pdf, grid, z_true)
+    return _crps_at(*_as_gridded(pdf, grid, z_true))
+
+
+def _crps_at(values: np.ndarray, grid: np.ndarray, z_true: np.ndarray) -> np.ndarray:
+    """:func:`gridded_crps` of arguments already checked by :func:`_as_gridded`."""
     cdf = np.clip(_cumulative(values, grid), 0.0, 1.0)
     index, offset = _locate(grid, z_true)
     rows = np.arange(values.shape[0])
@@ -479,9 +491,13 @@ def cde_loss(pdf: Any, grid: Any, z_true: Any) -> float:
     Izbicki & Lee 2017, Electron. J. Statist. 11, 2800, "Converting high-dimensional
     regression to high-dimensional conditional density estimation", eq. 3.
     """
-    values, grid, z_true = _as_gridded(pdf, grid, z_true)
+    return _cde_loss_at(*_as_gridded(pdf, grid, z_true))
+
+
+def _cde_loss_at(values: np.ndarray, grid: np.ndarray, z_true: np.ndarray) -> float:
+    """:func:`cde_loss` of arguments already checked by :func:`_as_gridded`."""
     square = np.trapezoid(np.square(values), grid, axis=1)
-    return float(np.mean(square) - 2.0 * np.mean(gridded_density(values, grid, z_true)))
+    return float(np.mean(square) - 2.0 * np.mean(_density_at(values, grid, z_true)))
 
 
 # --------------------------------------------------------------------------- report
@@ -550,12 +566,12 @@ def photoz_report(
         density, below = "exact", 0
     else:
         pdf, grid, z_true = _as_gridded(pred, grid, z_true)
-        at_true = gridded_density(pdf, grid, z_true)
+        at_true = _density_at(pdf, grid, z_true)
         below = int(np.sum(at_true < min_density))
         log_score = float(np.mean(np.log(np.maximum(at_true, min_density))))
-        crps = float(np.mean(gridded_crps(pdf, grid, z_true)))
-        pit_values = gridded_cdf(pdf, grid, z_true)
-        cde = cde_loss(pdf, grid, z_true)
+        crps = float(np.mean(_crps_at(pdf, grid, z_true)))
+        pit_values = _cdf_at(pdf, grid, z_true)
+        cde = _cde_loss_at(pdf, grid, z_true)
         density = "grid"
     if z_phot is None:
         z_phot = grid[np.argmax(pdf, axis=1)]

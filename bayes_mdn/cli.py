@@ -416,7 +416,10 @@ def _predict(args: argparse.Namespace) -> None:
     from bayes_mdn.tables import predict_table
 
     posterior = bm.load(args.model)
-    outputs = _names([args.outputs])
+    if _qp_output(args):
+        _predict_qp(args, posterior)
+        return
+    outputs = _names([args.outputs or "mean,quantiles"])
     unknown = [name for name in outputs if name not in OUTPUT_CHOICES]
     if unknown:
         raise UsageError(f"--outputs: unknown summary {unknown}; choose from "
@@ -449,6 +452,35 @@ def _predict(args: argparse.Namespace) -> None:
     report = predict_table(posterior, args.data, args.out, **options)
     print(f"wrote {report['num_rows']} predictions ({len(report['columns'])} columns) to "
           f"{args.out} in {report['seconds']:.1f} s")
+
+
+def _qp_output(args: argparse.Namespace) -> bool:
+    """--format qp, or no --format and --out named *.hdf5 (or *.h5, *.hdf)."""
+    if args.format is not None:
+        return args.format == "qp"
+    return Path(args.out).suffix.lower() in (".hdf5", ".h5", ".hdf")
+
+
+def _predict_qp(args: argparse.Namespace, posterior: Any) -> None:
+    """The qp file of the compressed predictives (:func:`bayes_mdn.qp.predict_qp`)."""
+    for option, value in (("--outputs", args.outputs), ("--grid", args.grid)):
+        if value is not None:
+            raise UsageError(f"{option} does not apply to a qp file (it holds the PDFs as "
+                             "Gaussian mixtures; set their size with --reduce); write "
+                             "*.parquet or *.csv for other summaries")
+    try:
+        from bayes_mdn.qp import predict_qp
+    except ImportError as error:
+        raise UsageError(f"--format qp: {_one_line(error)}") from None
+    options: dict[str, Any] = {
+        "keep": _default_keep(args),
+        "num_components": 10 if args.reduce is None else args.reduce,
+        "batch_rows": args.batch_rows, "progress": args.progress, "resume": args.resume}
+    if args.x:
+        options["inputs"] = _names(args.x)
+    report = predict_qp(posterior, args.data, args.out, **options)
+    print(f"wrote {report['num_rows']} PDFs ({options['num_components']}-component Gaussian "
+          f"mixtures, qp) to {args.out} in {report['seconds']:.1f} s")
 
 
 # --------------------------------------------------------------------------- evaluate
@@ -743,17 +775,21 @@ def _parser() -> argparse.ArgumentParser:
     predict.add_argument("model", help="a fit saved by bayes-mdn fit (.bmdn)")
     predict.add_argument("data", help="inputs: a CSV file with a header line, or Parquet")
     predict.add_argument("--out", default="predictions.parquet",
-                         help="output file (*.parquet or *.csv)")
-    predict.add_argument("--format", choices=("parquet", "csv"), default=None,
-                         help="output format (default: from --out's suffix)")
+                         help="output file (*.parquet, *.csv, or *.hdf5 for a qp file)")
+    predict.add_argument("--format", choices=("parquet", "csv", "qp"), default=None,
+                         help="output format (default: from --out's suffix); qp: the LSST "
+                              "DESC qp format (needs qp-prob), each PDF a Gaussian mixture "
+                              "of --reduce components (default 10), the --keep columns as "
+                              "its ancillary data")
     predict.add_argument("--x", nargs="+", metavar="COL",
                          help="input columns in the fit's order (default: the names recorded "
                               "at fit time)")
     predict.add_argument("--keep", nargs="*", metavar="COL",
                          help="columns copied to the output, e.g. an object id (default: 'id' "
                               "when the file has it)")
-    predict.add_argument("--outputs", default="mean,quantiles",
-                         help=f"comma-separated summaries from {', '.join(OUTPUT_CHOICES)}")
+    predict.add_argument("--outputs", default=None,
+                         help=f"comma-separated summaries from {', '.join(OUTPUT_CHOICES)} "
+                              "(default: mean,quantiles; not with --format qp)")
     predict.add_argument("--quantiles", default="0.05,0.5,0.95",
                          help="levels of the quantiles output")
     predict.add_argument("--interval", type=float, default=0.9,

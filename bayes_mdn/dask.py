@@ -76,20 +76,12 @@ def _load_bytes(content: bytes) -> Posterior:
     return _LOADED[digest]
 
 
-def _spec_from_dict(spec: dict[str, Any]) -> OutputSpec:
-    return OutputSpec(outputs=tuple(spec["outputs"]), target_names=tuple(spec["target_names"]),
-                      quantiles=tuple(spec["quantiles"]), interval=spec["interval"],
-                      grid=tuple(spec["grid"]), num_components=spec["num_components"],
-                      num_modes=spec["num_modes"], num_samples=spec["num_samples"],
-                      mixture_params=tuple(spec["mixture_params"]))
-
-
 def _predict_partition(frame: pd.DataFrame, content: bytes, inputs: list[str], keep: list[str],
                        spec: dict[str, Any], key_data: list[int] | None, max_elements: int,
                        partition_info: dict[str, Any] | None = None) -> pd.DataFrame:
     """One partition's predictions (runs on a worker)."""
     posterior = _load_bytes(content)
-    output = _spec_from_dict(spec)
+    output = OutputSpec.from_dict(spec)
     result = pandas.DataFrame({name: frame[name].to_numpy() for name in keep},
                               index=frame.index)
     if len(frame) == 0:
@@ -177,13 +169,12 @@ def predict_dask(
     spec = OutputSpec.build(posterior, outputs, quantiles=quantiles, interval=interval,
                             grid=grid, num_components=num_components, num_modes=num_modes,
                             num_samples=num_samples, key=key)
-    spec_dict = {**spec.to_dict(), "mixture_params": list(spec.mixture_params)}
     meta = pandas.DataFrame({name: frame._meta[name] for name in keep})
     for name in spec.columns():
         meta[name] = np.zeros(0, np.int64 if name.startswith("num_modes_") else np.float64)
     content = dask.delayed(fit_bytes(posterior), pure=True)  # one graph key: sent once
     key_data = None if key is None else np.asarray(jax.random.key_data(key)).tolist()
-    return frame.map_partitions(_predict_partition, content, inputs, keep, spec_dict, key_data,
+    return frame.map_partitions(_predict_partition, content, inputs, keep, spec.to_dict(), key_data,
                                 int(max_elements), meta=meta, align_dataframes=False)
 
 

@@ -194,11 +194,19 @@ class OutputSpec:
                    num_samples=num_samples, mixture_params=params)
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready description (stored in the manifest and the Parquet metadata)."""
+        """JSON-ready description (stored in the manifest and the Parquet metadata, and sent
+        to Dask workers); :meth:`from_dict` rebuilds the spec from it."""
         return {"outputs": list(self.outputs), "target_names": list(self.target_names),
                 "quantiles": list(self.quantiles), "interval": self.interval,
                 "grid": list(self.grid), "num_components": self.num_components,
-                "num_modes": self.num_modes, "num_samples": self.num_samples}
+                "num_modes": self.num_modes, "num_samples": self.num_samples,
+                "mixture_params": list(self.mixture_params)}
+
+    @classmethod
+    def from_dict(cls, spec: dict[str, Any]) -> OutputSpec:
+        """The spec described by :meth:`to_dict` (already validated when it was built)."""
+        return cls(**{name: tuple(value) if isinstance(value, list) else value
+                      for name, value in spec.items()})
 
     def levels(self) -> np.ndarray:
         """Every quantile level needed (quantiles, median, interval ends), sorted, float64."""

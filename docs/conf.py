@@ -72,3 +72,17 @@ html_theme_options = {
     "secondary_sidebar_items": ["page-toc"],
 }
 html_show_sourcelink = False
+
+
+# --- autodoc: leave out scikit-learn's generated metadata-routing methods -------------------
+def _skip_sklearn_request_methods(app, what, name, obj, skip, options):
+    """``set_fit_request`` / ``set_score_request`` (scikit-learn writes them on every
+    estimator whose ``fit``/``score`` take extra arguments): their docstrings cite
+    scikit-learn's own glossary and labels, which do not exist here (warnings under -W)."""
+    if what == "class" and name.startswith("set_") and name.endswith("_request"):
+        return True
+    return None
+
+
+def setup(app):
+    app.connect("autodoc-skip-member", _skip_sklearn_request_methods)

@@ -81,3 +81,26 @@ def random_posterior(num_draws: int, num_components: int, *, num_outputs: int = 
     standardizer = Standardizer(np.zeros(2), np.ones(2), np.full(num_outputs, 1.5),
                                 np.full(num_outputs, 2.0))
     return bm.Posterior(model=model, method="svi", draws=draws, standardizer=standardizer)
+
+
+def constant_normal_posterior(loc: float, scale: float, *, num_features: int = 1,
+                              num_draws: int = 1, num_outputs: int = 1,
+                              spread: float = 0.0) -> bm.Posterior:
+    """A fit whose draw s predicts Normal(loc + spread * s, scale) at every input.
+
+    K = 1, no hidden layer, zero kernels, ``min_scale=0`` and identity standardisation;
+    method ``"ensemble"`` for S > 1 draws, else ``"map"``.
+    """
+    model = bm.MDN(num_components=1, hidden_sizes=(), family=bm.families.Normal(min_scale=0.0))
+    raw_scale = np.log(np.expm1(scale))  # softplus^-1
+    P, D, S = num_features, num_outputs, num_draws
+    offsets = spread * np.arange(S)[:, None]
+    draws = {"logits.kernel": np.zeros((1, S, P, 1)), "logits.bias": np.zeros((1, S, 1)),
+             "loc.kernel": np.zeros((1, S, P, D)),
+             "loc.bias": (loc + offsets + np.zeros((S, D)))[None],
+             "scale.kernel": np.zeros((1, S, P, D)),
+             "scale.bias": np.full((1, S, D), raw_scale)}
+    draws = {name: value.astype(np.float32) for name, value in draws.items()}
+    identity = Standardizer(np.zeros(P), np.ones(P), np.zeros(D), np.ones(D))
+    return bm.Posterior(model=model, method="ensemble" if S > 1 else "map", draws=draws,
+                        standardizer=identity)

@@ -411,3 +411,35 @@ def test_info_reports_the_fit(capsys, fitted_model):
     assert "method: map" in text and "diagnostics" not in text
     assert main(["info", str(model_path) + ".missing"]) == 2
     _assert_one_line_error(capsys, "No bayes_mdn file")
+
+
+def test_predict_to_qp_reads_back_with_qp(tmp_path, capsys, fitted_model):
+    qp = pytest.importorskip("qp")
+    import pandas as pd
+
+    import bayes_mdn as bm
+
+    model_path, table = fitted_model
+    source = tmp_path / "catalogue.parquet"
+    ids = table[:, 0].astype(int) + 7
+    pd.DataFrame({"id": ids, "a": table[:, 1], "b": table[:, 2]}).to_parquet(source)
+    out = tmp_path / "pz.hdf5"
+    # MAP with K = 2: four components hold the predictive exactly.
+    assert main(["predict", str(model_path), str(source), "--out", str(out), "--reduce", "4",
+                 "--batch-rows", "16", "--no-progress"]) == 0
+    assert "wrote 60 PDFs" in capsys.readouterr().out
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["catalogue.parquet", "pz.hdf5"]
+    ensemble = qp.read(str(out))
+    assert ensemble.npdf == 60
+    np.testing.assert_array_equal(np.ravel(ensemble.ancil["id"]), ids)
+    grid = np.linspace(-6, 6, 121)
+    expected = np.exp(bm.load(model_path).predictive(table[:, 1:3]).log_prob_grid(grid))
+    np.testing.assert_allclose(ensemble.pdf(grid), expected, rtol=1e-4, atol=1e-7)
+    # --format qp with another suffix is refused; --outputs does not apply.
+    assert main(["predict", str(model_path), str(source), "--format", "qp", "--out",
+                 str(tmp_path / "pz.parquet")]) == 2
+    _assert_one_line_error(capsys, r"name the file *.hdf5")
+    assert main(["predict", str(model_path), str(source), "--out", str(tmp_path / "b.hdf5"),
+                 "--outputs", "mean"]) == 2
+    _assert_one_line_error(capsys, "--outputs does not apply to a qp file")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["catalogue.parquet", "pz.hdf5"]

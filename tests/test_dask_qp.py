@@ -108,3 +108,31 @@ def test_qp_round_trip_pdfs_match(posterior, tmp_path):
         write_qp(pred, tmp_path / "pz.txt")
     with pytest.raises(ValueError, match=r"`ancil` columns \['id'\] must have one entry"):
         to_qp(pred, ancil={"id": ids[:3]})
+
+
+def test_predict_qp_streams_a_catalogue_and_refuses_bad_input(posterior, tmp_path):
+    qp = pytest.importorskip("qp")
+    from bayes_mdn.qp import predict_qp
+
+    source = tmp_path / "catalogue.csv"
+    X = np.linspace(-9, 9, 11)
+    pd.DataFrame({"id": np.arange(11) + 5, "name": list("abcdefghijk"), "x": X}).to_csv(
+        source, index=False)
+    dest = tmp_path / "pz.hdf5"
+    report = predict_qp(posterior, source, dest, num_components=3, batch_rows=4,
+                        progress=False)
+    assert report["num_rows"] == 11
+    ensemble = qp.read(str(dest))
+    np.testing.assert_array_equal(np.ravel(ensemble.ancil["id"]), np.arange(11) + 5)
+    grid = np.linspace(-12, 12, 101)
+    np.testing.assert_allclose(ensemble.pdf(grid),
+                               np.exp(posterior.predictive(X[:, None]).log_prob_grid(grid)),
+                               rtol=1e-5, atol=1e-8)
+    with pytest.raises(ValueError, match=r"qp stores pass-through columns as numbers; "
+                                         r"\['name'\]"):
+        predict_qp(posterior, source, tmp_path / "b.hdf5", keep=("id", "name"))
+    with pytest.raises(FileNotFoundError, match="The output folder"):
+        predict_qp(posterior, source, tmp_path / "missing" / "b.hdf5")
+    with pytest.raises(TypeError, match=r"`posterior` must be a bayes_mdn\.Posterior"):
+        predict_qp(posterior.predictive(X[:, None]), source, tmp_path / "b.hdf5")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["catalogue.csv", "pz.hdf5"]

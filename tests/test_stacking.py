@@ -13,10 +13,10 @@ import contextlib
 import jax
 import numpy as np
 import pytest
+from _posteriors import constant_normal_posterior as normal_posterior
 from scipy import integrate, optimize, stats
 
 import bayes_mdn as bm
-from bayes_mdn.scaling import Standardizer
 from bayes_mdn.stacking import (
     StackedPosterior,
     StackedPredictive,
@@ -26,24 +26,6 @@ from bayes_mdn.stacking import (
 
 LOCS, SCALES, WEIGHTS = (0.0, 3.0), (1.0, 0.5), (0.3, 0.7)
 NUM_INPUTS = 6
-
-
-def normal_posterior(loc: float, scale: float, *, num_features: int = 1, num_draws: int = 1,
-                     num_outputs: int = 1, spread: float = 0.0) -> bm.Posterior:
-    """A fit whose every draw predicts Normal(loc + spread * s, scale) at every input."""
-    model = bm.MDN(num_components=1, hidden_sizes=(), family=bm.families.Normal(min_scale=0.0))
-    raw_scale = np.log(np.expm1(scale))  # softplus^-1
-    P, D, S = num_features, num_outputs, num_draws
-    offsets = spread * np.arange(S)[:, None]
-    draws = {"logits.kernel": np.zeros((1, S, P, 1)), "logits.bias": np.zeros((1, S, 1)),
-             "loc.kernel": np.zeros((1, S, P, D)),
-             "loc.bias": (loc + offsets + np.zeros((S, D)))[None],
-             "scale.kernel": np.zeros((1, S, P, D)),
-             "scale.bias": np.full((1, S, D), raw_scale)}
-    draws = {name: value.astype(np.float32) for name, value in draws.items()}
-    identity = Standardizer(np.zeros(P), np.ones(P), np.zeros(D), np.ones(D))
-    return bm.Posterior(model=model, method="ensemble" if S > 1 else "map", draws=draws,
-                        standardizer=identity)
 
 
 def mixture_log_pdf(y):
