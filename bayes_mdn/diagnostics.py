@@ -48,7 +48,7 @@ from bayes_mdn.numerics import (  # re-exported: the names were defined here bef
     rhat_ess,
 )
 from bayes_mdn.predictive import DEFAULT_MAX_ELEMENTS
-from bayes_mdn.predictive._evaluator import draw_batch_size, network_width
+from bayes_mdn.predictive._evaluator import draw_batch_size, map_draws, network_width
 from bayes_mdn.predictive._roots import solve_increasing
 from bayes_mdn.scaling import to_compute
 
@@ -171,10 +171,12 @@ def _mixture_quantiles(family, weights, params, levels):
 @partial(jax.jit, static_argnames=("model", "draw_batch", "has_y", "levels", "scale_floor"))
 def _function_space_kernel(model, draw_batch, has_y, levels, scale_floor, draws, X_std, y_std,
                            y_shift, y_scale):
+    """Per-draw quantities, draws first, in the evaluator's draw loop (:func:`~bayes_mdn.
+    predictive._evaluator.map_draws`): chunks of `draw_batch` draws at all M inputs, each
+    chunk gathering its own draws."""
     family = model.family
 
-    def one(params):
-        log_weights, component = model.mixture(params, X_std, y_scale)  # (M, K), (M, K, d)
+    def one(log_weights, component):  # (M, K), dict of (M, K, d): one draw
         weights = jnp.exp(log_weights)
         mean_weights = jnp.mean(weights, axis=0)
         out = {
@@ -194,7 +196,25 @@ def _function_space_kernel(model, draw_batch, has_y, levels, scale_floor, draws,
             out["quantiles"] = _mixture_quantiles(family, weights, component, levels)
         return out
 
-    return jax.lax.map(one, draws, batch_size=draw_batch)
+    def per_chunk(chunk):  # (M, b, ...) -> draws first
+        params = {name: jnp.moveaxis(value, 1, 0) for name, value in chunk.params.items()}
+        return jax.vmap(one)(jnp.moveaxis(chunk.log_weights, 1, 0), params)
+
+    return map_draws(per_chunk, model, draws, y_shift, y_scale, X_std, draw_batch)
+
+
+def _draw_batch(posterior: Posterior, draws: Mapping[str, Any], num_inputs: int,
+                num_levels: int, max_elements: int) -> int:
+    """Draws per batch of :func:`_function_space_kernel`, by the predictive's memory model:
+    per (input, draw) the K x D x Q terms of the quantile solve or the widest layer (a
+    Flax/Equinox feature network's own layers included), whichever is larger. Every batch
+    takes all reference inputs (the quantities reduce over them), so one draw at all M
+    inputs is the finest split."""
+    model = posterior.model
+    width = network_width(model, draws, posterior.num_features, posterior.num_outputs)
+    per_draw = max(model.num_components * posterior.num_outputs * max(num_levels, 1), width, 1)
+    return draw_batch_size(num_inputs, posterior.num_chains * posterior.num_draws, per_draw,
+                           max_elements)
 
 
 def function_space_draws(posterior: Posterior, X: Any = None, y: Any = None, *,
@@ -235,13 +255,7 @@ def function_space_draws(posterior: Posterior, X: Any = None, y: Any = None, *,
     num_inputs = X_ref.shape[0]
     levels = QUANTILE_LEVELS if _has_quantiles(model) else ()
     draws = posterior.prediction_draws()
-    total = posterior.num_chains * posterior.num_draws
-    # The predictive's memory model: per (input, draw) the K x D x Q terms of the quantile
-    # solve or the widest layer (a Flax/Equinox feature network's included); every call
-    # takes all reference inputs (the quantities reduce over them).
-    width = network_width(model, draws, posterior.num_features, posterior.num_outputs)
-    per_draw = max(model.num_components * posterior.num_outputs * max(len(levels), 1), width, 1)
-    draw_batch = draw_batch_size(num_inputs, total, per_draw, max_elements)
+    draw_batch = _draw_batch(posterior, draws, num_inputs, len(levels), max_elements)
     X_std = standardizer.transform_X(X_ref)
     y_std = (standardizer.transform_y(y_ref) if y_ref is not None
              else jnp.zeros((num_inputs, posterior.num_outputs), X_std.dtype))

@@ -326,8 +326,9 @@ def map_draws(fn: Callable[[DrawChunk], Any], model: MDN, draws: Mapping[str, ja
               y_shift: jax.Array, y_scale: jax.Array, X_std: jax.Array, draw_chunk: int
               ) -> Any:
     """Per-draw values (input-major layout): ``fn(chunk)`` maps a chunk of b draws at the m
-    inputs to arrays (m, b, ...); the results of all chunks come back as (m, S, ...), the
-    padding of the last chunk dropped. The chunks are visited by ``lax.map``, so one
+    inputs to arrays with the draws first, (b, ...); the results of all chunks come back as
+    (S, ...), the padding of the last chunk dropped. The chunks are visited by ``lax.map``
+    over chunk indices (each chunk gathers its draws: no padded copy of all draws), so one
     chunk's intermediates are alive at a time.
     """
     num_draws = num_draws_of(draws)
@@ -337,12 +338,6 @@ def map_draws(fn: Callable[[DrawChunk], Any], model: MDN, draws: Mapping[str, ja
         return fn(evaluate_chunk(model, draws, y_shift, y_scale, X_std, draw_chunk, index))
 
     if num_chunks == 1:
-        return jax.tree.map(lambda value: value[:, :num_draws], one(0))
-    stacked = jax.lax.map(one, jnp.arange(num_chunks))  # (C, m, b, ...)
-
-    def gather(value):
-        value = jnp.moveaxis(value, 0, 1)  # (m, C, b, ...)
-        value = value.reshape(value.shape[0], -1, *value.shape[3:])
-        return value[:, :num_draws]
-
-    return jax.tree.map(gather, stacked)
+        return jax.tree.map(lambda value: value[:num_draws], one(0))
+    stacked = jax.lax.map(one, jnp.arange(num_chunks))  # (C, b, ...)
+    return jax.tree.map(lambda value: value.reshape(-1, *value.shape[2:])[:num_draws], stacked)

@@ -417,18 +417,18 @@ def _log_prob_grid_kernel(model, draw_chunk, draws, y_shift, y_scale, X_std, gri
 # --------------------------------------------------------------------------- per-draw values
 @partial(jax.jit, static_argnames=("model", "draw_chunk"))
 def _draw_log_prob_kernel(model, draw_chunk, draws, y_shift, y_scale, X_std, y):
-    """Each draw's own mixture log-density (m, S) at y (m, D), standardised units."""
+    """Each draw's own mixture log-density (S, m) at y (m, D), standardised units."""
     def per_chunk(chunk):
         component_lp = model.family.distribution(chunk.params).log_prob(
             y[:, None, None, :])  # (m, b, K)
-        return logsumexp(chunk.log_weights + component_lp, axis=-1)
+        return logsumexp(chunk.log_weights + component_lp, axis=-1).T  # (b, m)
 
     return map_draws(per_chunk, model, draws, y_shift, y_scale, X_std, draw_chunk)
 
 
 @partial(jax.jit, static_argnames=("model", "draw_chunk"))
 def _draw_sample_kernel(model, draw_chunk, draws, y_shift, y_scale, X_std, key, start):
-    """One sample (m, S, D) from each draw's own mixture at every input, standardised units.
+    """One sample (S, m, D) from each draw's own mixture at every input, standardised units.
 
     The key of (input, draw) is ``fold_in(fold_in(key, global input index), draw index)``
     (`start` is the chunk's first input), so the result does not depend on the chunking.
@@ -446,6 +446,7 @@ def _draw_sample_kernel(model, draw_chunk, draws, y_shift, y_scale, X_std, key, 
         draw_index = chunk.first + jnp.arange(draw_chunk)
         keys = jax.vmap(lambda input_key: jax.vmap(
             lambda index: jax.random.fold_in(input_key, index))(draw_index))(input_keys)
-        return jax.vmap(jax.vmap(one))(keys, chunk.log_weights, chunk.params)  # (m, b, D)
+        values = jax.vmap(jax.vmap(one))(keys, chunk.log_weights, chunk.params)  # (m, b, D)
+        return jnp.swapaxes(values, 0, 1)
 
     return map_draws(per_chunk, model, draws, y_shift, y_scale, X_std, draw_chunk)

@@ -47,7 +47,7 @@ from bayes_mdn.families import inverse_softplus
 from bayes_mdn.predictive import _compress, _crps, _quantiles, _reductions
 from bayes_mdn.predictive._chunks import _chunk_sizes, _map_chunks
 from bayes_mdn.predictive._constants import DEFAULT_MAX_ELEMENTS
-from bayes_mdn.predictive._evaluator import network_width, plan_chunks
+from bayes_mdn.predictive._evaluator import network_width, plan_chunks, whole_mixture_chunk
 from bayes_mdn.predictive._kernels import (
     _cdf_kernel,
     _draw_log_prob_kernel,
@@ -878,11 +878,7 @@ class PredictiveMixture:
             )
         self._require_one_output("reduce()", "Reduce each output's marginal separately by "
                                  "fitting one model per output.")
-        terms = self.num_draws * self.num_components
-        per_input = max(terms * num_components, self.num_draws * self._per_draw())
-        fitting = max(1, self.max_elements // per_input)
-        input_chunk = min(1 << (fitting.bit_length() - 1),
-                          1 << max(0, (self.num_inputs - 1).bit_length()))
+        input_chunk = self._reduce_chunk(num_components)
         log_weight, loc, scale = (np.asarray(value, np.float64) for value in self._run(
             _compress.compress_kernel, static=(num_components, num_iterations),
             plan=(input_chunk, None)))
@@ -919,8 +915,8 @@ class PredictiveMixture:
             ``log p(y_m | x_m, theta_s)``.
         """
         self._require_mixture("log_prob_per_draw()")
-        values = self._run(_draw_log_prob_kernel, (self._targets(y),))  # (M, S)
-        return values.T.astype(np.float64) - self._log_scale()
+        values = self._run(_draw_log_prob_kernel, (self._targets(y),), batch_axis=1)  # (S, M)
+        return values.astype(np.float64) - self._log_scale()
 
     def sample_per_draw(self, key: jax.Array) -> np.ndarray:
         """One y from each posterior draw's own mixture at every input: the
@@ -940,8 +936,15 @@ class PredictiveMixture:
         """
         key = check_key(key)
         self._require_mixture("sample_per_draw()")
-        values = self._run(_draw_sample_kernel, key=key)  # (M, S, D)
-        return self._to_original(np.swapaxes(values, 0, 1))
+        return self._to_original(self._run(_draw_sample_kernel, key=key, batch_axis=1))
+
+    def _reduce_chunk(self, num_components: int) -> int:
+        """Inputs per call of :meth:`reduce`: each input holds its whole S x K mixture, and
+        the merge's (S K, K') assignment arrays (one-hot groups, KL costs) are the largest,
+        so S x max(K x K', widest layer) values per input count against ``max_elements``."""
+        per_input = self.num_draws * max(self.num_components * num_components,
+                                         self._per_draw())
+        return whole_mixture_chunk(self.num_inputs, per_input, self.max_elements)
 
     def mixture_parameters(self) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         """The flattened S x K mixture at every input, in original units.
