@@ -19,8 +19,14 @@ inputs. This module decides how:
     a large block of inputs (one matmul chain, the network in its column layout), folded into
     a running reduction. Per pair of input and draw this does the arithmetic of a
     hand-written kernel (benchmarks/predictive_speed.py).
-* **Draw loops**: :func:`evaluate_chunk` / :func:`reduce_draws` (input-major) and
-  :func:`scan_draws` (draw-major), which every kernel of the package uses.
+* **Draw loops**: :func:`evaluate_chunk` / :func:`reduce_draws` (input-major),
+  :func:`scan_draws` (draw-major) and :func:`map_draws` (per-draw values, draws first),
+  which every kernel of the package uses: the predictive's queries (CRPS included), the
+  ArviZ adapter (through :meth:`PredictiveMixture.log_prob_per_draw
+  <bayes_mdn.PredictiveMixture.log_prob_per_draw>` and ``sample_per_draw``), the
+  function-space diagnostics (:func:`draw_batch_size`, all reference inputs per call) and
+  the fit-time scores (through :meth:`PredictiveMixture.log_prob
+  <bayes_mdn.PredictiveMixture.log_prob>`; :func:`latent_width` sizes the Pareto-k batches).
 """
 
 from __future__ import annotations

@@ -23,7 +23,7 @@ from jax.scipy.special import logsumexp
 from bayes_mdn.predictive._constants import _RESOLVE_MIN_WEIGHT, _SUPPORT_MIN_WEIGHT, _SUPPORT_TAIL
 from bayes_mdn.predictive._evaluator import (
     DrawChunk,
-    _num_chunks,  # noqa: F401  (re-exported for mixture and metrics)
+    _num_chunks,  # noqa: F401  (re-exported for mixture)
     evaluate_chunk,
     map_draws,
     num_draws_of,
@@ -38,7 +38,7 @@ if TYPE_CHECKING:
 
 # --------------------------------------------------------------------------- draw chunks
 # The draw loops live in the evaluator (one home for draws x inputs); the old private names
-# stay for the kernels below and for metrics.
+# stay for the kernels below and for the CRPS kernels (_crps.py).
 _Chunk = DrawChunk
 _num_draws = num_draws_of
 _draw_chunk = evaluate_chunk

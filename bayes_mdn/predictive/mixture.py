@@ -64,12 +64,7 @@ from bayes_mdn.predictive._kernels import (
     _support_kernel,
     _variance_split_kernel,
 )
-from bayes_mdn.predictive._regions import (
-    _highest_density_intervals,
-    _integer_hdr,
-    _integer_modes,
-    _refine_modes,
-)
+from bayes_mdn.predictive.grids import hdr_on_grid, modes_on_grid
 from bayes_mdn.scaling import Standardizer, to_compute
 
 if TYPE_CHECKING:
@@ -618,7 +613,8 @@ class PredictiveMixture:
             lower = np.maximum(bounds[0], self.model.family.support[0])
             for part, grid in self._integer_blocks("modes()", lower, bounds[1]):
                 log_mass = part.log_prob_grid(grid)
-                modes.extend(_integer_modes(grid, log_mass, min_relative_density))
+                modes.extend(modes_on_grid(grid, log_mass, discrete=True,
+                                           min_relative_density=min_relative_density))
             return modes
         # Grid, density and refinement in standardised units; the modes are mapped back.
         bounds = self._standardised_quantiles(levels)[:, :, 0].astype(np.float64)  # (2, M)
@@ -627,8 +623,9 @@ class PredictiveMixture:
             self.X_std.dtype)  # (M, G)
         log_density = self._reduce(_log_prob_grid_kernel, _reductions.log_prob_grid_kernel,
                                    (grid,), extra=grid_size)
-        return [self._to_original(mode) for mode in _refine_modes(
-            grid.astype(np.float64), log_density.astype(np.float64), min_relative_density)]
+        return [self._to_original(mode) for mode in modes_on_grid(
+            grid.astype(np.float64), log_density.astype(np.float64),
+            min_relative_density=min_relative_density)]
 
     def hdr(self, level: float, *, grid_size: int = 2048) -> list[np.ndarray]:
         """Highest-density region (D = 1): the smallest set holding probability `level`.
@@ -683,7 +680,8 @@ class PredictiveMixture:
                 log_mass = part._reduce(_log_prob_grid_kernel,
                                         _reductions.log_prob_grid_kernel,
                                         (part._to_standardised(grid),), extra=grid.shape[1])
-                regions.extend(_integer_hdr(grid, np.exp(log_mass.astype(np.float64)), level))
+                regions.extend(hdr_on_grid(grid, np.exp(log_mass.astype(np.float64)), level,
+                                           discrete=True))
             return regions
         # Host blocks bound the (inputs, grid) arrays the interval search holds.
         block = max(1, self.max_elements // grid_size)
@@ -699,7 +697,7 @@ class PredictiveMixture:
                 self.X_std.dtype)
             log_density = part._reduce(
                 _log_prob_grid_kernel, _reductions.log_prob_grid_kernel, (grid,), extra=grid_size)
-            regions.extend(self._to_original(region) for region in _highest_density_intervals(
+            regions.extend(self._to_original(region) for region in hdr_on_grid(
                 grid.astype(np.float64), np.exp(log_density.astype(np.float64)), level))
         self._warn_coarse("hdr()", grid_size, np.concatenate(needed))
         return regions
