@@ -6,8 +6,8 @@ takes about a second, and ``import bayes_mdn`` must stay fast.
 
 Pointwise log-likelihoods (one value per observation row, in the original units of y) and
 posterior-predictive draws (one y per posterior draw and row) are the per-draw queries of
-:class:`~bayes_mdn.PredictiveMixture` (:meth:`~bayes_mdn.PredictiveMixture.log_prob_per_draw`,
-:meth:`~bayes_mdn.PredictiveMixture.sample_per_draw`): the one evaluator chunks the rows and
+:class:`~bayes_mdn.PredictiveMixture` (:func:`bayes_mdn.predictive.per_draw.log_prob_per_draw`,
+:func:`~bayes_mdn.predictive.per_draw.sample_per_draw`): the one evaluator chunks the rows and
 draws so that no more than ``max_elements`` (row, draw, component, output) terms, or a wider
 layer's values, are held at once.
 """
@@ -32,6 +32,7 @@ from bayes_mdn._validation import (
 from bayes_mdn.numerics import rhat_ess  # re-exported: defined here before
 from bayes_mdn.posterior import Posterior
 from bayes_mdn.predictive import DEFAULT_MAX_ELEMENTS, PredictiveMixture
+from bayes_mdn.predictive.per_draw import log_prob_per_draw, sample_per_draw
 
 if TYPE_CHECKING:
     import arviz
@@ -134,7 +135,7 @@ def log_likelihood(posterior: Posterior, X: Any, y: Any, *,
     if X_host is None:
         raise ValueError("log_likelihood needs the data: pass X (N, P) and y (N, D).")
     max_elements = check_positive_int(max_elements, "max_elements")
-    values = _predictive(posterior, X_host, max_elements).log_prob_per_draw(y_host)  # (CS, N)
+    values = log_prob_per_draw(_predictive(posterior, X_host, max_elements), y_host)  # (CS, N)
     return values.reshape(posterior.num_chains, posterior.num_draws, X_host.shape[0])
 
 
@@ -159,7 +160,7 @@ def posterior_predictive(posterior: Posterior, X: Any, *, key: jax.Array,
     key = check_key(key)
     X_host, _ = _check_data(posterior, X, None)
     max_elements = check_positive_int(max_elements, "max_elements")
-    values = _predictive(posterior, X_host, max_elements).sample_per_draw(key)  # (CS, N, D)
+    values = sample_per_draw(_predictive(posterior, X_host, max_elements), key=key)  # (CS, N, D)
     return values.reshape(posterior.num_chains, posterior.num_draws, X_host.shape[0], -1)
 
 

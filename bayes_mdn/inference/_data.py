@@ -320,8 +320,10 @@ def _score(model: MDN, standardizer: Standardizer, draws: dict[str, jax.Array], 
            y_std: Any) -> float:
     """Mean log posterior-predictive density per row, original units: the predictive's
     ``log_prob`` (chunked by its memory model, which counts every layer's width)."""
-    pred = PredictiveMixture(model=model, draws=draws, standardizer=standardizer,
-                             X_std=np.asarray(X_std))
+    # On the host first: draws and rows may be laid out over several devices (sharded
+    # chains or rows); the predictive moves them chunk by chunk to the default device.
+    pred = PredictiveMixture(model=model, standardizer=standardizer, X_std=np.asarray(X_std),
+                             draws={name: np.asarray(value) for name, value in draws.items()})
     y = (np.asarray(y_std, np.float64) * np.asarray(standardizer.y_scale, np.float64)
          + np.asarray(standardizer.y_shift, np.float64))
     return float(np.mean(pred.log_prob(y)))

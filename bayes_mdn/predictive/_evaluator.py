@@ -22,8 +22,7 @@ inputs. This module decides how:
 * **Draw loops**: :func:`evaluate_chunk` / :func:`reduce_draws` (input-major),
   :func:`scan_draws` (draw-major) and :func:`map_draws` (per-draw values, draws first),
   which every kernel of the package uses: the predictive's queries (CRPS included), the
-  ArviZ adapter (through :meth:`PredictiveMixture.log_prob_per_draw
-  <bayes_mdn.PredictiveMixture.log_prob_per_draw>` and ``sample_per_draw``), the
+  ArviZ adapter (through :mod:`bayes_mdn.predictive.per_draw`), the
   function-space diagnostics (:func:`draw_batch_size`, all reference inputs per call) and
   the fit-time scores (through :meth:`PredictiveMixture.log_prob
   <bayes_mdn.PredictiveMixture.log_prob>`; :func:`latent_width` sizes the Pareto-k batches).

@@ -50,8 +50,6 @@ from bayes_mdn.predictive._constants import DEFAULT_MAX_ELEMENTS
 from bayes_mdn.predictive._evaluator import network_width, plan_chunks, whole_mixture_chunk
 from bayes_mdn.predictive._kernels import (
     _cdf_kernel,
-    _draw_log_prob_kernel,
-    _draw_sample_kernel,
     _entropy_grid_kernel,
     _entropy_mc_kernel,
     _log_prob_grid_kernel,
@@ -883,58 +881,6 @@ class PredictiveMixture:
         raw_scale = inverse_softplus(np.maximum(scale, 1e-30))
         return _merged_mixture(log_weight, loc, raw_scale, self.standardizer,
                                self.X_std.dtype, self.max_elements)
-
-    # ----------------------------------------------------------------------- per draw
-    def _require_mixture(self, query: str) -> None:
-        """Refuse per-draw queries where the predictive is not the draws' mixture (a
-        subclass that transforms its cdf, e.g. a recalibrated predictive)."""
-        if type(self).cdf is not PredictiveMixture.cdf:
-            raise ValueError(
-                f"{query} gives each posterior draw's own mixture, which this "
-                f"{type(self).__name__} does not have (its predictive is transformed). Query "
-                "the untransformed predictive (e.g. `.base` of a recalibrated one) instead."
-            )
-
-    def log_prob_per_draw(self, y: Any) -> np.ndarray:
-        """Log density of each posterior draw's own mixture at `y`: the pointwise
-        log-likelihood matrix (what LOO, WAIC and stacking read), in original units.
-
-        ``logsumexp(result, axis=0) - log S`` is :meth:`log_prob`. Chunked by the same
-        memory model as every query (inputs x draws x max(K x D, widest layer) within
-        ``max_elements``).
-
-        Parameters
-        ----------
-        y : array-like, shape (M,) or (M, D)
-
-        Returns
-        -------
-        numpy.ndarray, shape (S, M), float64
-            ``log p(y_m | x_m, theta_s)``.
-        """
-        self._require_mixture("log_prob_per_draw()")
-        values = self._run(_draw_log_prob_kernel, (self._targets(y),), batch_axis=1)  # (S, M)
-        return values.astype(np.float64) - self._log_scale()
-
-    def sample_per_draw(self, key: jax.Array) -> np.ndarray:
-        """One y from each posterior draw's own mixture at every input: the
-        posterior-predictive replicates of posterior-predictive checks.
-
-        The values depend only on `key`, the input's position and the draw's index, not on
-        how the query is chunked.
-
-        Parameters
-        ----------
-        key : PRNG key
-
-        Returns
-        -------
-        numpy.ndarray, shape (S, M, D), float64
-            In original units.
-        """
-        key = check_key(key)
-        self._require_mixture("sample_per_draw()")
-        return self._to_original(self._run(_draw_sample_kernel, key=key, batch_axis=1))
 
     def _reduce_chunk(self, num_components: int) -> int:
         """Inputs per call of :meth:`reduce`: each input holds its whole S x K mixture, and

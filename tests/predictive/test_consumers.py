@@ -20,6 +20,7 @@ from bayes_mdn import _arviz, diagnostics, predictive
 from bayes_mdn.calibration import IdentityMap
 from bayes_mdn.inference import _data
 from bayes_mdn.predictive import PredictiveMixture, _compress, _kernels
+from bayes_mdn.predictive.per_draw import log_prob_per_draw, sample_per_draw
 from bayes_mdn.scaling import Standardizer
 
 BUDGET = predictive.DEFAULT_MAX_ELEMENTS
@@ -132,40 +133,42 @@ def random_pred():
 
 def test_per_draw_log_prob_averages_to_the_predictive_and_ignores_chunking(random_pred):
     y = np.random.default_rng(1).normal(1.5, 2.0, size=40)
-    per_draw = random_pred.log_prob_per_draw(y)
+    per_draw = log_prob_per_draw(random_pred, y)
     assert per_draw.shape == (13, 40) and per_draw.dtype == np.float64
     np.testing.assert_allclose(logsumexp(per_draw, axis=0) - np.log(13), random_pred.log_prob(y),
                                rtol=1e-5, atol=1e-5)
     small = dataclasses.replace(random_pred, max_elements=64)  # one input, 7 draws per call
     assert small._chunk_plan() == (1, 7)
-    np.testing.assert_allclose(small.log_prob_per_draw(y), per_draw, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(log_prob_per_draw(small, y), per_draw, rtol=1e-5, atol=1e-5)
 
 
 def test_per_draw_samples_are_reproducible_and_chunking_free(random_pred):
-    samples = random_pred.sample_per_draw(jax.random.key(0))
+    samples = sample_per_draw(random_pred, key=jax.random.key(0))
     assert samples.shape == (13, 40, 1) and np.isfinite(samples).all()
-    np.testing.assert_array_equal(samples, random_pred.sample_per_draw(jax.random.key(0)))
-    assert not np.array_equal(samples, random_pred.sample_per_draw(jax.random.key(1)))
+    np.testing.assert_array_equal(samples, sample_per_draw(random_pred, key=jax.random.key(0)))
+    assert not np.array_equal(samples, sample_per_draw(random_pred, key=jax.random.key(1)))
     small = dataclasses.replace(random_pred, max_elements=64)
-    np.testing.assert_allclose(small.sample_per_draw(jax.random.key(0)), samples, atol=1e-5)
+    np.testing.assert_allclose(sample_per_draw(small, key=jax.random.key(0)), samples, atol=1e-5)
 
 
 def test_per_draw_samples_follow_each_draws_mixture():
     # Draw 0 is N(-3, 0.5), draw 1 is N(4, 1): each sample comes from its own draw.
     post = exact_posterior(np.zeros((2, 1)), [[-3.0], [4.0]], [[0.5], [1.0]])
-    samples = post.predictive(np.zeros((4000, 1))).sample_per_draw(jax.random.key(3))[..., 0]
+    samples = sample_per_draw(post.predictive(np.zeros((4000, 1))), key=jax.random.key(3))[..., 0]
     for draw, (loc, scale) in enumerate([(-3.0, 0.5), (4.0, 1.0)]):
         assert stats.kstest(samples[draw], stats.norm(loc, scale).cdf).pvalue > 1e-3
 
 
-def test_per_draw_queries_refuse_a_transformed_predictive():
+def test_per_draw_queries_refuse_a_transformed_predictive_or_a_posterior():
     post = exact_posterior(np.zeros((1, 1)), [[0.0]], [[1.0]])
     recalibrated = dataclasses.replace(post, recalibration=IdentityMap()).predictive(
         np.zeros((2, 1)))
     with pytest.raises(ValueError, match=r"log_prob_per_draw\(\) gives each posterior draw"):
-        recalibrated.log_prob_per_draw(np.zeros(2))
+        log_prob_per_draw(recalibrated, np.zeros(2))
     with pytest.raises(ValueError, match=r"sample_per_draw\(\) .* \(e.g. `.base`"):
-        recalibrated.sample_per_draw(jax.random.key(0))
+        sample_per_draw(recalibrated, key=jax.random.key(0))
+    with pytest.raises(TypeError, match="needs a PredictiveMixture as `pred`"):
+        log_prob_per_draw(post, np.zeros(2))
 
 
 # --------------------------------------------------------------------------- memory bound
@@ -187,7 +190,7 @@ def test_arviz_per_draw_queries_stay_within_a_few_budgets_with_a_wide_flax_netwo
     X, y = np.linspace(-1, 1, 7)[:, None], np.linspace(-2, 2, 7)
     small = _wide_posterior(3)
     np.testing.assert_allclose(_arviz.log_likelihood(small, X, y)[0],
-                               small.predictive(X).log_prob_per_draw(y), rtol=1e-6)
+                               log_prob_per_draw(small.predictive(X), y), rtol=1e-6)
 
 
 def test_function_space_draws_stay_within_a_few_budgets_with_a_wide_flax_network():
