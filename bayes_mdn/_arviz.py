@@ -5,20 +5,20 @@ This is the only module that imports arviz, and it does so inside functions: imp
 takes about a second, and ``import bayes_mdn`` must stay fast.
 
 Pointwise log-likelihoods (one value per observation row, in the original units of y) and
-posterior-predictive draws (one y per posterior draw and row) are computed with compiled
-kernels that map over the draws in batches and over the rows in chunks, so that no more than
-``max_elements`` (row, draw, component, output) terms are held at once.
+posterior-predictive draws (one y per posterior draw and row) are the per-draw queries of
+:class:`~bayes_mdn.PredictiveMixture` (:func:`bayes_mdn.predictive.per_draw.log_prob_per_draw`,
+:func:`~bayes_mdn.predictive.per_draw.sample_per_draw`): the one evaluator chunks the rows and
+draws so that no more than ``max_elements`` (row, draw, component, output) terms, or a wider
+layer's values, are held at once.
 """
 
 from __future__ import annotations
 
 import warnings
 from collections.abc import Mapping
-from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from bayes_mdn._validation import (
@@ -29,17 +29,15 @@ from bayes_mdn._validation import (
     check_positive_int,
     check_same_rows,
 )
-from bayes_mdn.model import point_log_prob
 from bayes_mdn.numerics import rhat_ess  # re-exported: defined here before
 from bayes_mdn.posterior import Posterior
-from bayes_mdn.predictive import DEFAULT_MAX_ELEMENTS
-from bayes_mdn.scaling import to_compute
+from bayes_mdn.predictive import DEFAULT_MAX_ELEMENTS, PredictiveMixture
+from bayes_mdn.predictive.per_draw import log_prob_per_draw, sample_per_draw
 
 if TYPE_CHECKING:
     import arviz
     import pandas
 
-    from bayes_mdn.model import MDN
 
 __all__ = ["compare", "log_likelihood", "posterior_predictive", "rhat_ess", "to_arviz"]
 
@@ -102,53 +100,17 @@ def _check_data(posterior: Posterior, X: Any, y: Any) -> tuple[np.ndarray | None
     return X_host, y_host
 
 
-# --------------------------------------------------------------------------- chunk planning
-def _per_row(model: MDN, num_outputs: int) -> int:
-    """Largest intermediate per (row, draw): K x D mixture terms or a hidden layer."""
-    return max(model.num_components * num_outputs, max(model.hidden_sizes, default=0), 1)
-
-
-def _plan(num_rows: int, num_draws: int, per_row: int, max_elements: int) -> tuple[int, int]:
-    """(rows per kernel call, draws per mapped batch) within the `max_elements` budget."""
-    rows = max(1, min(num_rows, max_elements // per_row))
-    draw_batch = max(1, min(num_draws, max_elements // (rows * per_row)))
-    return rows, draw_batch
-
-
-def _row_chunks(num_rows: int, rows: int):
-    for start in range(0, num_rows, rows):
-        yield start, min(start + rows, num_rows)
-
-
-def _pad(array: np.ndarray, size: int) -> np.ndarray:
-    missing = size - array.shape[0]
-    if missing == 0:
-        return array
-    return np.concatenate([array, np.zeros((missing, *array.shape[1:]), array.dtype)])
-
-
-# --------------------------------------------------------------------------- kernels
-@partial(jax.jit, static_argnames=("model", "draw_batch"))
-def _log_likelihood_kernel(model, draw_batch, draws, X_std, y_std, y_scale):
-    def one(params):
-        return point_log_prob(model, params, X_std, y_std, y_scale)
-
-    return jax.lax.map(one, draws, batch_size=draw_batch)  # (S, R)
-
-
-@partial(jax.jit, static_argnames=("model", "draw_batch"))
-def _predictive_kernel(model, draw_batch, draws, keys, X_std, y_shift, y_scale):
-    def one(args):
-        params, key = args
-        log_weights, component = model.mixture(params, X_std, y_scale)
-        component = model.family.to_original_units(component, y_shift, y_scale)
-        choice_key, value_key = jax.random.split(key)
-        chosen = jax.random.categorical(choice_key, log_weights, axis=-1)  # (R,)
-        picked = {name: jnp.take_along_axis(value, chosen[:, None, None], axis=1)[:, 0]
-                  for name, value in component.items()}  # (R, d)
-        return model.family.distribution(picked).sample(value_key)  # (R, D)
-
-    return jax.lax.map(one, (draws, keys), batch_size=draw_batch)  # (S, R, D)
+# --------------------------------------------------------------------------- per-draw values
+def _predictive(posterior: Posterior, X_host: np.ndarray, max_elements: int
+                ) -> PredictiveMixture:
+    """The posterior's mixture at `X_host` over all C * S draws, in their order (never
+    recalibrated: each draw's own density is wanted). Its queries run in the one evaluator
+    of :mod:`bayes_mdn.predictive`, whose memory model counts every layer's width."""
+    standardizer = posterior.standardizer
+    return PredictiveMixture(model=posterior.model, draws=posterior.prediction_draws(),
+                             standardizer=standardizer,
+                             X_std=np.asarray(standardizer.transform_X(X_host)),
+                             max_elements=max_elements)
 
 
 def log_likelihood(posterior: Posterior, X: Any, y: Any, *,
@@ -161,7 +123,8 @@ def log_likelihood(posterior: Posterior, X: Any, y: Any, *,
     X : array-like, shape (N, P)
     y : array-like, shape (N,) or (N, D)
     max_elements : int
-        Bound on the (row, draw, component, output) terms evaluated at once.
+        Bound on the (row, draw, component, output) terms evaluated at once (see
+        :meth:`Posterior.predictive`); a layer wider than K x D counts with its width.
 
     Returns
     -------
@@ -172,22 +135,8 @@ def log_likelihood(posterior: Posterior, X: Any, y: Any, *,
     if X_host is None:
         raise ValueError("log_likelihood needs the data: pass X (N, P) and y (N, D).")
     max_elements = check_positive_int(max_elements, "max_elements")
-    model, standardizer = posterior.model, posterior.standardizer
-    draws = jax.device_put(posterior.prediction_draws())
-    total = posterior.num_chains * posterior.num_draws
-    num_rows = X_host.shape[0]
-    rows, draw_batch = _plan(num_rows, total, _per_row(model, posterior.num_outputs),
-                             max_elements)
-    X_std = np.asarray(standardizer.transform_X(X_host))
-    y_std = np.asarray(standardizer.transform_y(y_host))
-    y_scale = to_compute(standardizer.y_scale)
-    pieces = []
-    for start, stop in _row_chunks(num_rows, rows):
-        values = _log_likelihood_kernel(model, draw_batch, draws, _pad(X_std[start:stop], rows),
-                                        _pad(y_std[start:stop], rows), y_scale)
-        pieces.append(np.asarray(jax.device_get(values))[:, : stop - start])
-    values = np.concatenate(pieces, axis=1).astype(np.float64) + standardizer.log_jacobian
-    return values.reshape(posterior.num_chains, posterior.num_draws, num_rows)
+    values = log_prob_per_draw(_predictive(posterior, X_host, max_elements), y_host)  # (CS, N)
+    return values.reshape(posterior.num_chains, posterior.num_draws, X_host.shape[0])
 
 
 def posterior_predictive(posterior: Posterior, X: Any, *, key: jax.Array,
@@ -201,6 +150,7 @@ def posterior_predictive(posterior: Posterior, X: Any, *, key: jax.Array,
     key : PRNG key
         The same key gives the same replicates.
     max_elements : int
+        As for :func:`log_likelihood`.
 
     Returns
     -------
@@ -210,22 +160,8 @@ def posterior_predictive(posterior: Posterior, X: Any, *, key: jax.Array,
     key = check_key(key)
     X_host, _ = _check_data(posterior, X, None)
     max_elements = check_positive_int(max_elements, "max_elements")
-    model, standardizer = posterior.model, posterior.standardizer
-    draws = jax.device_put(posterior.prediction_draws())
-    total = posterior.num_chains * posterior.num_draws
-    num_rows = X_host.shape[0]
-    rows, draw_batch = _plan(num_rows, total, _per_row(model, posterior.num_outputs),
-                             max_elements)
-    X_std = np.asarray(standardizer.transform_X(X_host))
-    y_shift, y_scale = to_compute(standardizer.y_shift), to_compute(standardizer.y_scale)
-    pieces = []
-    for index, (start, stop) in enumerate(_row_chunks(num_rows, rows)):
-        keys = jax.random.split(jax.random.fold_in(key, index), total)
-        values = _predictive_kernel(model, draw_batch, draws, keys,
-                                    _pad(X_std[start:stop], rows), y_shift, y_scale)
-        pieces.append(np.asarray(jax.device_get(values))[:, : stop - start])
-    values = np.concatenate(pieces, axis=1)
-    return values.reshape(posterior.num_chains, posterior.num_draws, num_rows, -1)
+    values = sample_per_draw(_predictive(posterior, X_host, max_elements), key=key)  # (CS, N, D)
+    return values.reshape(posterior.num_chains, posterior.num_draws, X_host.shape[0], -1)
 
 
 # --------------------------------------------------------------------------- InferenceData

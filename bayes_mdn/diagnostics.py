@@ -48,6 +48,8 @@ from bayes_mdn.numerics import (  # re-exported: the names were defined here bef
     rhat_ess,
 )
 from bayes_mdn.predictive import DEFAULT_MAX_ELEMENTS
+from bayes_mdn.predictive._evaluator import draw_batch_size, map_draws, network_width
+from bayes_mdn.predictive._roots import solve_increasing
 from bayes_mdn.scaling import to_compute
 
 if TYPE_CHECKING:
@@ -96,7 +98,8 @@ MAX_TREE_DEPTH_FRACTION = 0.1
 TREND_WINDOW = 0.05
 TREND_Z = 3.0
 TREND_PER_ROW = 1e-3
-#: Bisection steps of the per-draw quantiles (to float32 resolution of the bracket).
+#: Cap on the root-finder steps of the per-draw quantiles (Chandrupatla's method converges
+#: to the predictive's tolerance in about 6-12; integer bisection needs log2 of the range).
 QUANTILE_ITERATIONS = 40
 
 
@@ -141,33 +144,39 @@ def _has_quantiles(model: MDN) -> bool:
     return model.family.closed_form_cdf
 
 
-def _mixture_quantile(family, weights, params, level):
-    """Quantile (M, D) of one draw's mixture (weights (M, K), params (M, K, d)) by bisection
-    inside ``[min_k Q_k(level), max_k Q_k(level)]``, which provably contains it."""
-    component = family.marginal_icdf(params, jnp.asarray(level, weights.dtype))  # (M, K, D)
-    lower, upper = jnp.min(component, axis=1), jnp.max(component, axis=1)
+def _mixture_quantiles(family, weights, params, levels):
+    """Quantiles (Q, M, D) of one draw's mixture (weights (M, K), params (M, K, d)) at
+    `levels` (Q,), with the predictive's root-finder (:func:`~bayes_mdn.predictive._roots.
+    solve_increasing`: Chandrupatla's method, or integer bisection for a discrete family,
+    giving the smallest integer k with cdf(k) >= level) inside the bracket
+    ``[min_k Q_k(min level), max_k Q_k(max level)]``, which provably holds every root."""
+    q = jnp.asarray(levels, weights.dtype)
+    extremes = jnp.stack([jnp.min(q), jnp.max(q)])[:, None, None, None]
+    low, high = family.marginal_icdf(params, extremes)  # (M, K, D) each
+    lower, upper = jnp.min(low, axis=1), jnp.max(high, axis=1)  # (M, D)
+    if family.discrete:
+        lower = lower - 1.0  # every component cdf is below the lowest level there
 
-    def cdf(value):  # (M, D) -> (M, D)
-        return jnp.sum(weights[..., None] * family.marginal_cdf(params, value[:, None, :]),
-                       axis=1)
+    def cdf(value):  # (Q, M, D) -> (Q, M, D)
+        return jnp.clip(jnp.sum(weights[None, ..., None]
+                                * family.marginal_cdf(params, value[:, :, None, :]), axis=2),
+                        0.0, 1.0)
 
-    def step(_, bracket):
-        low, high = bracket
-        middle = 0.5 * (low + high)
-        below = cdf(middle) < level
-        return jnp.where(below, middle, low), jnp.where(below, high, middle)
-
-    lower, upper = jax.lax.fori_loop(0, QUANTILE_ITERATIONS, step, (lower, upper))
-    return 0.5 * (lower + upper)
+    shape = (q.shape[0], *lower.shape)
+    return solve_increasing(cdf, q[:, None, None], jnp.broadcast_to(lower, shape),
+                            jnp.broadcast_to(upper, shape), discrete=family.discrete,
+                            max_iterations=QUANTILE_ITERATIONS)
 
 
 @partial(jax.jit, static_argnames=("model", "draw_batch", "has_y", "levels", "scale_floor"))
 def _function_space_kernel(model, draw_batch, has_y, levels, scale_floor, draws, X_std, y_std,
                            y_shift, y_scale):
+    """Per-draw quantities, draws first, in the evaluator's draw loop (:func:`~bayes_mdn.
+    predictive._evaluator.map_draws`): chunks of `draw_batch` draws at all M inputs, each
+    chunk gathering its own draws."""
     family = model.family
 
-    def one(params):
-        log_weights, component = model.mixture(params, X_std, y_scale)  # (M, K), (M, K, d)
+    def one(log_weights, component):  # (M, K), dict of (M, K, d): one draw
         weights = jnp.exp(log_weights)
         mean_weights = jnp.mean(weights, axis=0)
         out = {
@@ -183,13 +192,29 @@ def _function_space_kernel(model, draw_batch, has_y, levels, scale_floor, draws,
             live = jnp.broadcast_to((weights >= DEAD_WEIGHT)[..., None], scale.shape)
             hits = jnp.sum(live & (scale <= scale_floor))
             out["scale_floor_fraction"] = hits / jnp.maximum(jnp.sum(live), 1)
-        if levels:
-            original = family.to_original_units(component, y_shift, y_scale)
-            out["quantiles"] = jnp.stack([_mixture_quantile(family, weights, original, level)
-                                          for level in levels])  # (Q, M, D)
+        if levels:  # standardised units; mapped back on the host in float64
+            out["quantiles"] = _mixture_quantiles(family, weights, component, levels)
         return out
 
-    return jax.lax.map(one, draws, batch_size=draw_batch)
+    def per_chunk(chunk):  # (M, b, ...) -> draws first
+        params = {name: jnp.moveaxis(value, 1, 0) for name, value in chunk.params.items()}
+        return jax.vmap(one)(jnp.moveaxis(chunk.log_weights, 1, 0), params)
+
+    return map_draws(per_chunk, model, draws, y_shift, y_scale, X_std, draw_batch)
+
+
+def _draw_batch(posterior: Posterior, draws: Mapping[str, Any], num_inputs: int,
+                num_levels: int, max_elements: int) -> int:
+    """Draws per batch of :func:`_function_space_kernel`, by the predictive's memory model:
+    per (input, draw) the K x D x Q terms of the quantile solve or the widest layer (a
+    Flax/Equinox feature network's own layers included), whichever is larger. Every batch
+    takes all reference inputs (the quantities reduce over them), so one draw at all M
+    inputs is the finest split."""
+    model = posterior.model
+    width = network_width(model, draws, posterior.num_features, posterior.num_outputs)
+    per_draw = max(model.num_components * posterior.num_outputs * max(num_levels, 1), width, 1)
+    return draw_batch_size(num_inputs, posterior.num_chains * posterior.num_draws, per_draw,
+                           max_elements)
 
 
 def function_space_draws(posterior: Posterior, X: Any = None, y: Any = None, *,
@@ -229,20 +254,22 @@ def function_space_draws(posterior: Posterior, X: Any = None, y: Any = None, *,
     model, standardizer = posterior.model, posterior.standardizer
     num_inputs = X_ref.shape[0]
     levels = QUANTILE_LEVELS if _has_quantiles(model) else ()
-    per_draw = num_inputs * max(model.num_components * posterior.num_outputs,
-                                max(model.hidden_sizes, default=0), 1)
-    total = posterior.num_chains * posterior.num_draws
-    draw_batch = max(1, min(total, max_elements // per_draw))
+    draws = posterior.prediction_draws()
+    draw_batch = _draw_batch(posterior, draws, num_inputs, len(levels), max_elements)
     X_std = standardizer.transform_X(X_ref)
     y_std = (standardizer.transform_y(y_ref) if y_ref is not None
              else jnp.zeros((num_inputs, posterior.num_outputs), X_std.dtype))
     values = _function_space_kernel(
         model, draw_batch, y_ref is not None, levels, _scale_floor(model),
-        jax.device_put(posterior.prediction_draws()), X_std, y_std,
+        jax.device_put(draws), X_std, y_std,
         to_compute(standardizer.y_shift), to_compute(standardizer.y_scale))
     shape = (posterior.num_chains, posterior.num_draws)
     result = {name: np.asarray(value).reshape(*shape, *value.shape[1:])
               for name, value in jax.device_get(values).items()}
+    if "quantiles" in result:
+        result["quantiles"] = (result["quantiles"].astype(np.float64)
+                               * np.asarray(standardizer.y_scale, np.float64)
+                               + np.asarray(standardizer.y_shift, np.float64))
     if "log_density" in result:
         result["log_density"] = (result["log_density"].astype(np.float64)
                                  + standardizer.log_jacobian)

@@ -53,12 +53,7 @@ from bayes_mdn._validation import (
 from bayes_mdn.io import LOADERS, load
 from bayes_mdn.posterior import Posterior
 from bayes_mdn.predictive import DEFAULT_MAX_ELEMENTS, PredictiveMixture
-from bayes_mdn.predictive._regions import (
-    _highest_density_intervals,
-    _integer_hdr,
-    _integer_modes,
-    _refine_modes,
-)
+from bayes_mdn.predictive.grids import hdr_on_grid, modes_on_grid
 
 __all__ = ["FORMAT_NAME", "StackedPosterior", "StackedPredictive", "load_stacked", "stack",
            "stacking_weights"]
@@ -663,9 +658,8 @@ class StackedPredictive:
         grid_size = check_positive_int(grid_size, "grid_size", minimum=3)
         grid = self._grid(grid_size, 5e-4)
         log_density = self.log_prob_grid(grid)
-        if self.discrete:
-            return _integer_modes(grid, log_density, min_relative_density)
-        return _refine_modes(grid, log_density, min_relative_density)
+        return modes_on_grid(grid, log_density, discrete=self.discrete,
+                             min_relative_density=min_relative_density)
 
     def hdr(self, level: float, *, grid_size: int = 2048) -> list[np.ndarray]:
         """Highest-density region (D = 1) of probability `level`, as for
@@ -686,10 +680,8 @@ class StackedPredictive:
         self._require_one_output("hdr()", "Use quantiles() for per-output central intervals.")
         grid_size = check_positive_int(grid_size, "grid_size", minimum=16)
         grid = self._grid(grid_size, 1e-6)
-        density = np.exp(self.log_prob_grid(grid))
-        if self.discrete:
-            return _integer_hdr(grid, density, level)
-        return _highest_density_intervals(grid, density, level)
+        return hdr_on_grid(grid, np.exp(self.log_prob_grid(grid)), level,
+                           discrete=self.discrete)
 
     def entropy_decomposition(self, *, key: jax.Array | None = None, method: str = "auto",
                               grid_size: int = 1024, num_samples: int = 1000

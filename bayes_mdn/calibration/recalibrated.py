@@ -48,12 +48,7 @@ from bayes_mdn.calibration.maps import (
     fit_map,
 )
 from bayes_mdn.predictive import PredictiveMixture
-from bayes_mdn.predictive._regions import (
-    _highest_density_intervals,
-    _integer_hdr,
-    _integer_modes,
-    _refine_modes,
-)
+from bayes_mdn.predictive.grids import hdr_on_grid, modes_on_grid
 from bayes_mdn.predictive.mixture import _check_level
 from bayes_mdn.scaling import to_compute
 
@@ -280,8 +275,10 @@ class RecalibratedPredictive(PredictiveMixture):
         if self._discrete:
             mass = self._integer_mass(grid)
             with np.errstate(divide="ignore"):
-                return _integer_modes(grid, np.log(mass), min_relative_density)
-        return _refine_modes(grid, self.log_prob_grid(grid), min_relative_density)
+                return modes_on_grid(grid, np.log(mass), discrete=True,
+                                     min_relative_density=min_relative_density)
+        return modes_on_grid(grid, self.log_prob_grid(grid),
+                             min_relative_density=min_relative_density)
 
     def hdr(self, level: float, *, grid_size: int = 2048) -> list[np.ndarray]:
         """Highest-density region of the recalibrated density, as
@@ -291,8 +288,8 @@ class RecalibratedPredictive(PredictiveMixture):
         grid_size = check_positive_int(grid_size, "grid_size", minimum=16)
         grid = self._grid(grid_size)
         if self._discrete:
-            return _integer_hdr(grid, self._integer_mass(grid), level)
-        return _highest_density_intervals(grid, self._density_on(grid), level)
+            return hdr_on_grid(grid, self._integer_mass(grid), level, discrete=True)
+        return hdr_on_grid(grid, self._density_on(grid), level)
 
     def crps(self, y: Any, *, grid_size: int = 1024) -> np.ndarray:
         """Pointwise CRPS ``integral (G(z) - 1{y <= z})**2 dz`` (M, 1) float64, by the

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from functools import lru_cache, partial
+from functools import lru_cache
 from typing import Any
 
 import jax
@@ -33,6 +33,8 @@ from bayes_mdn.model import (
 # The likelihood lives in the model; re-exported here for the methods that import it from here.
 from bayes_mdn.numerics import reference_indices
 from bayes_mdn.posterior import Posterior
+from bayes_mdn.predictive import PredictiveMixture
+from bayes_mdn.predictive._evaluator import draw_batch_size, latent_width
 from bayes_mdn.scaling import Standardizer
 
 __all__ = ["FitData", "ShardedRows", "check_shard_data", "initial_params",
@@ -272,9 +274,12 @@ PARETO_BATCH_ELEMENTS = 2**22
 def pareto_batch_size(model: MDN, data_shape: tuple[int, int, int]) -> int:
     """Draws evaluated at once (``lax.map`` batch) for the Pareto k over all N rows: as many
     as keep about PARETO_BATCH_ELEMENTS (row, widest layer) terms alive, at least one."""
-    num_rows, _, num_outputs = data_shape
-    per_draw = num_rows * max(model.num_components * num_outputs, *model.hidden_sizes, 1)
-    return max(1, min(NUM_PARETO_DRAWS, PARETO_BATCH_ELEMENTS // per_draw))
+    num_rows, num_features, num_outputs = data_shape
+    # The predictive's memory model: K x D terms or the widest layer, a Flax/Equinox
+    # feature network's own layers included.
+    width = latent_width(model, num_features, num_outputs, jnp.result_type(float))
+    per_draw = max(model.num_components * num_outputs, width, 1)
+    return draw_batch_size(num_rows, NUM_PARETO_DRAWS, per_draw, PARETO_BATCH_ELEMENTS)
 
 
 def draws_from_init(init: Any, model: MDN, data: FitData) -> dict[str, jax.Array]:
@@ -311,9 +316,17 @@ def draws_from_init(init: Any, model: MDN, data: FitData) -> dict[str, jax.Array
 MAX_SCORE_DRAWS = 256
 
 
-@partial(jax.jit, static_argnames="model")
-def _score(model, draws, X_std, y_std, y_scale):
-    return predictive_log_likelihood(model, draws, X_std, y_std, y_scale)
+def _score(model: MDN, standardizer: Standardizer, draws: dict[str, jax.Array], X_std: Any,
+           y_std: Any) -> float:
+    """Mean log posterior-predictive density per row, original units: the predictive's
+    ``log_prob`` (chunked by its memory model, which counts every layer's width)."""
+    # On the host first: draws and rows may be laid out over several devices (sharded
+    # chains or rows); the predictive moves them chunk by chunk to the default device.
+    pred = PredictiveMixture(model=model, standardizer=standardizer, X_std=np.asarray(X_std),
+                             draws={name: np.asarray(value) for name, value in draws.items()})
+    y = (np.asarray(y_std, np.float64) * np.asarray(standardizer.y_scale, np.float64)
+         + np.asarray(standardizer.y_shift, np.float64))
+    return float(np.mean(pred.log_prob(y)))
 
 
 def final_scores(model: MDN, data: FitData, draws: dict[str, jax.Array]) -> dict[str, np.ndarray]:
@@ -329,12 +342,12 @@ def final_scores(model: MDN, data: FitData, draws: dict[str, jax.Array]) -> dict
     total = next(iter(flat.values())).shape[0]
     index = np.linspace(0, total - 1, min(total, MAX_SCORE_DRAWS)).round().astype(int)
     flat = {name: value[index] for name, value in flat.items()}
-    log_jacobian = data.standardizer.log_jacobian
-    scores = {"train_log_likelihood": float(_score(model, flat, data.X, data.y, data.y_scale))}
+    standardizer = data.standardizer
+    scores = {"train_log_likelihood": _score(model, standardizer, flat, data.X, data.y)}
     if data.has_test:
-        scores["test_log_likelihood"] = float(_score(model, flat, data.X_test, data.y_test,
-                                                     data.y_scale))
-    return {name: np.asarray([value + log_jacobian]) for name, value in scores.items()}
+        scores["test_log_likelihood"] = _score(model, standardizer, flat, data.X_test,
+                                               data.y_test)
+    return {name: np.asarray([value]) for name, value in scores.items()}
 
 
 def with_reference_points(posterior: Posterior, data: FitData) -> Posterior:

@@ -19,8 +19,13 @@ inputs. This module decides how:
     a large block of inputs (one matmul chain, the network in its column layout), folded into
     a running reduction. Per pair of input and draw this does the arithmetic of a
     hand-written kernel (benchmarks/predictive_speed.py).
-* **Draw loops**: :func:`evaluate_chunk` / :func:`reduce_draws` (input-major) and
-  :func:`scan_draws` (draw-major), which every kernel of the package uses.
+* **Draw loops**: :func:`evaluate_chunk` / :func:`reduce_draws` (input-major),
+  :func:`scan_draws` (draw-major) and :func:`map_draws` (per-draw values, draws first),
+  which every kernel of the package uses: the predictive's queries (CRPS included), the
+  ArviZ adapter (through :mod:`bayes_mdn.predictive.per_draw`), the
+  function-space diagnostics (:func:`draw_batch_size`, all reference inputs per call) and
+  the fit-time scores (through :meth:`PredictiveMixture.log_prob
+  <bayes_mdn.PredictiveMixture.log_prob>`; :func:`latent_width` sizes the Pareto-k batches).
 """
 
 from __future__ import annotations
@@ -36,7 +41,8 @@ import numpy as np
 if TYPE_CHECKING:
     from bayes_mdn.model import MDN
 
-__all__ = ["DRAW_MAJOR_BLOCK", "DRAW_MAJOR_MIN_INPUTS", "network_width", "plan_chunks"]
+__all__ = ["DRAW_MAJOR_BLOCK", "DRAW_MAJOR_MIN_INPUTS", "draw_batch_size", "latent_width",
+           "map_draws", "network_width", "plan_chunks", "whole_mixture_chunk"]
 
 #: Largest block of inputs a draw-major step evaluates: blocks of 1024-4096 inputs keep one
 #: draw's activations in the CPU caches; 32768 ran 1.8x slower than 1024 (2 cores, seed net).
@@ -96,7 +102,7 @@ def network_width(model: MDN, draws: Mapping[str, Any], num_features: int,
     width = max(model.hidden_sizes, default=0)
     if model.network is None:
         return int(width)
-    shapes = tuple((name, tuple(np.shape(value)[1:]), str(np.dtype(value.dtype)))
+    shapes = tuple((name, tuple(value.shape[1:]), str(np.dtype(value.dtype)))
                    for name, value in draws.items())
     cache_key = (model.network, shapes, num_features, num_outputs)
     if cache_key not in _WIDTHS:
@@ -119,6 +125,17 @@ def network_width(model: MDN, draws: Mapping[str, Any], num_features: int,
             grown = [max(large) // 7]
         _WIDTHS[cache_key] = max([0, *grown])
     return int(max(width, _WIDTHS[cache_key]))
+
+
+def latent_width(model: MDN, num_features: int, num_outputs: int, dtype: Any) -> int:
+    """:func:`network_width` for a model without draws at hand (e.g. before a fit): the
+    latent sites' shapes come from :meth:`MDN.latent_shapes <bayes_mdn.MDN.latent_shapes>`.
+    """
+    if model.network is None:
+        return int(max(model.hidden_sizes, default=0))
+    draws = {name: jax.ShapeDtypeStruct((1, *shape), jnp.dtype(dtype))
+             for name, shape in model.latent_shapes(num_features, num_outputs).items()}
+    return network_width(model, draws, num_features, num_outputs)
 
 
 # --------------------------------------------------------------------------- chunk plan
@@ -200,6 +217,23 @@ def plan_chunks(num_inputs: int, num_draws: int, per_draw: int, max_elements: in
         return "draw", draw_major_block(num_inputs, per_draw, max_elements), 1
     return "input", *input_major_sizes(num_inputs, num_draws, per_draw, max_elements,
                                        per_input)
+
+
+def draw_batch_size(num_inputs: int, num_draws: int, per_draw: int, max_elements: int) -> int:
+    """Draws evaluated at once when every call takes all `num_inputs` inputs (queries that
+    reduce over the inputs of each draw, such as the function-space diagnostics): the most
+    with ``num_inputs * draws * per_draw <= max_elements``, at least 1, at most
+    `num_draws`."""
+    return max(1, min(num_draws, max_elements // max(1, num_inputs * per_draw)))
+
+
+def whole_mixture_chunk(num_inputs: int, per_input: int, max_elements: int) -> int:
+    """Inputs per call for a query that holds each input's whole S x K mixture (and
+    `per_input` values in all per input, e.g. S x K x K' for :meth:`reduce
+    <bayes_mdn.PredictiveMixture.reduce>`): the largest power of two with
+    ``inputs * per_input <= max_elements`` (at least 1), no larger than needed."""
+    fitting = max(1, max_elements // max(1, per_input))
+    return min(1 << (fitting.bit_length() - 1), _next_power_of_two(num_inputs))
 
 
 # --------------------------------------------------------------------------- draw loops
@@ -291,3 +325,24 @@ def scan_draws(body: Callable[[Any, jax.Array, dict[str, jax.Array]], Any], init
         return body(carry, log_weights, params), None
 
     return jax.lax.scan(step, init, dict(draws))[0]
+
+
+def map_draws(fn: Callable[[DrawChunk], Any], model: MDN, draws: Mapping[str, jax.Array],
+              y_shift: jax.Array, y_scale: jax.Array, X_std: jax.Array, draw_chunk: int
+              ) -> Any:
+    """Per-draw values (input-major layout): ``fn(chunk)`` maps a chunk of b draws at the m
+    inputs to arrays with the draws first, (b, ...); the results of all chunks come back as
+    (S, ...), the padding of the last chunk dropped. The chunks are visited by ``lax.map``
+    over chunk indices (each chunk gathers its draws: no padded copy of all draws), so one
+    chunk's intermediates are alive at a time.
+    """
+    num_draws = num_draws_of(draws)
+    num_chunks = _num_chunks(num_draws, draw_chunk)
+
+    def one(index):
+        return fn(evaluate_chunk(model, draws, y_shift, y_scale, X_std, draw_chunk, index))
+
+    if num_chunks == 1:
+        return jax.tree.map(lambda value: value[:num_draws], one(0))
+    stacked = jax.lax.map(one, jnp.arange(num_chunks))  # (C, b, ...)
+    return jax.tree.map(lambda value: value.reshape(-1, *value.shape[2:])[:num_draws], stacked)

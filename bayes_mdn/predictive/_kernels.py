@@ -23,8 +23,9 @@ from jax.scipy.special import logsumexp
 from bayes_mdn.predictive._constants import _RESOLVE_MIN_WEIGHT, _SUPPORT_MIN_WEIGHT, _SUPPORT_TAIL
 from bayes_mdn.predictive._evaluator import (
     DrawChunk,
-    _num_chunks,  # noqa: F401  (re-exported for mixture and metrics)
+    _num_chunks,  # noqa: F401  (re-exported for mixture)
     evaluate_chunk,
+    map_draws,
     num_draws_of,
     reduce_draws,
     stack_draws,
@@ -37,7 +38,7 @@ if TYPE_CHECKING:
 
 # --------------------------------------------------------------------------- draw chunks
 # The draw loops live in the evaluator (one home for draws x inputs); the old private names
-# stay for the kernels below and for metrics.
+# stay for the kernels below and for the CRPS kernels (_crps.py).
 _Chunk = DrawChunk
 _num_draws = num_draws_of
 _draw_chunk = evaluate_chunk
@@ -413,3 +414,39 @@ def _log_prob_grid_kernel(model, draw_chunk, draws, y_shift, y_scale, X_std, gri
     return _reduce_draws(body, init, model, draws, y_shift, y_scale, X_std, draw_chunk)
 
 
+# --------------------------------------------------------------------------- per-draw values
+@partial(jax.jit, static_argnames=("model", "draw_chunk"))
+def _draw_log_prob_kernel(model, draw_chunk, draws, y_shift, y_scale, X_std, y):
+    """Each draw's own mixture log-density (S, m) at y (m, D), standardised units."""
+    def per_chunk(chunk):
+        component_lp = model.family.distribution(chunk.params).log_prob(
+            y[:, None, None, :])  # (m, b, K)
+        return logsumexp(chunk.log_weights + component_lp, axis=-1).T  # (b, m)
+
+    return map_draws(per_chunk, model, draws, y_shift, y_scale, X_std, draw_chunk)
+
+
+@partial(jax.jit, static_argnames=("model", "draw_chunk"))
+def _draw_sample_kernel(model, draw_chunk, draws, y_shift, y_scale, X_std, key, start):
+    """One sample (S, m, D) from each draw's own mixture at every input, standardised units.
+
+    The key of (input, draw) is ``fold_in(fold_in(key, global input index), draw index)``
+    (`start` is the chunk's first input), so the result does not depend on the chunking.
+    """
+    input_keys = jax.vmap(lambda index: jax.random.fold_in(key, index))(
+        start + jnp.arange(X_std.shape[0]))
+
+    def one(one_key, log_weights, params):  # (K,), dict of (K, d)
+        choice_key, value_key = jax.random.split(one_key)
+        component = jax.random.categorical(choice_key, log_weights)
+        picked = {name: value[component] for name, value in params.items()}
+        return model.family.distribution(picked).sample(value_key)  # (D,)
+
+    def per_chunk(chunk):
+        draw_index = chunk.first + jnp.arange(draw_chunk)
+        keys = jax.vmap(lambda input_key: jax.vmap(
+            lambda index: jax.random.fold_in(input_key, index))(draw_index))(input_keys)
+        values = jax.vmap(jax.vmap(one))(keys, chunk.log_weights, chunk.params)  # (m, b, D)
+        return jnp.swapaxes(values, 0, 1)
+
+    return map_draws(per_chunk, model, draws, y_shift, y_scale, X_std, draw_chunk)
