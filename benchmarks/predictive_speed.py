@@ -172,6 +172,35 @@ def limit_pairs_per_s(counts: dict[str, int], limit: dict[str, float]) -> float:
     return 1.0 / seconds
 
 
+def hlo_transcendentals(lowered) -> str:
+    """Transcendental and divide ops in a compiled program's HLO, e.g. ``exp 1, tanh 2``:
+    each is one op per element of its array, so equal counts mean equal work per pair."""
+    import collections
+    import re
+
+    text = lowered.compile().as_text()
+    found = re.findall(r"\} (exponential|tanh|log|log-plus-one|divide|logistic|erf)\(", text)
+    return ", ".join(f"{op} {n}" for op, n in sorted(collections.Counter(found).items()))
+
+
+def hlo_ops(pred, flat, X_std, y_std, static, block):
+    """The transcendental ops of the package's draw-major kernels and the hand-written ones
+    on one block, from the compiled HLO."""
+    from bayes_mdn.predictive import _reductions
+
+    y_shift, y_scale = pred._scalers()
+    X = jnp.asarray(X_std[:block])
+    y = jnp.asarray(y_std[:block])
+    return {
+        "mean": (hlo_transcendentals(_reductions.mean_kernel.lower(
+            pred.model, 1, flat, y_shift, y_scale, X)),
+            hlo_transcendentals(hw.mean_kernel.lower(flat, X, **static))),
+        "log_prob": (hlo_transcendentals(_reductions.log_prob_kernel.lower(
+            pred.model, 1, flat, y_shift, y_scale, X, y[:, None])),
+            hlo_transcendentals(hw.log_prob_kernel.lower(flat, X, y, **static))),
+    }
+
+
 def speed_part(post, X_test, args, limit):
     rows = []
     S = post.num_chains * post.num_draws
@@ -186,6 +215,7 @@ def speed_part(post, X_test, args, limit):
     counts = flop_counts()
     static = dict(num_hidden=2, num_components=20, min_scale=1e-3)
     block = 2048
+    ops = hlo_ops(pred, flat, X_std, y_std, static, block)
     queries = {
         "mean": (lambda: pred.mean(), lambda: pred[:4096].mean(),
                  lambda: hw.run_blocks(hw.mean_kernel, flat, X_std, block=block, **static),
@@ -216,6 +246,7 @@ def speed_part(post, X_test, args, limit):
             "pairs_per_s": pairs / new_s, "gflops": pairs * flop / new_s / 1e9,
             "flop_per_pair": flop, "transcendentals_per_pair": trans,
             "limit_pairs_per_s": limit_pairs, "fraction_of_limit": pairs / new_s / limit_pairs,
+            "hlo_ops_new": ops[name][0], "hlo_ops_handwritten": ops[name][1],
             "max_abs_diff_handwritten": float(np.max(np.abs(value - hand_value))),
             "max_abs_diff_previous": float(np.max(np.abs(
                 new_value[:small] - old_value))),
