@@ -17,7 +17,10 @@ hand-written alternating; the previous implementation once). Pairs/s =
 M x S / seconds; GFLOP/s = pairs/s x the FLOP per pair of the query (:func:`flop_counts`,
 from the arithmetic). The 2-core limit is ``1 / sum_op (count_op / rate_op)`` pairs/s over
 FLOP, tanh, exp, log1p and log, each rate measured by a compute-bound microkernel with its
-data in cache and both cores busy (:func:`measure_limit`).
+data in cache and both cores busy (:func:`measure_limit`). It adds the operations' times as
+if they ran one after another; a CPU overlaps FLOP with transcendentals (separate execution
+ports), so a query can exceed it somewhat, and on a shared machine both the rates and the
+queries run slower with the load (recorded per part).
 
 Quantiles: the previous implementation at ``--quantile-previous-inputs`` (default: the same
 M) and its time scaled linearly to M (its cost is linear in M: fixed-size input chunks).

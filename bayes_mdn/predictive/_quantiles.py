@@ -78,6 +78,41 @@ def _bracket_terms(family, weights, params, levels, squeezed=None):
     return lower, upper
 
 
+def _solve_each_level(family, weights, squeezed, lower, upper, levels, solve):
+    """Quantiles (Q, m, 1) of D = 1 mixtures (`weights` (m, T), `squeezed` parameters
+    (m, T)), one root-finder loop per input and level (``lax.map``), each stopping as soon
+    as it has converged, with the T terms along the minor axis. A Normal's cdf sum is
+    ``sum_t w_t / 2 + sum_t (w_t / 2) erf((y - loc_t) / (scale_t sqrt 2))`` with the
+    per-component factors computed once (no division per step)."""
+    if type(family).marginal_cdf is Normal.marginal_cdf:
+        terms = (0.5 * weights, squeezed["loc"], _SQRT_HALF / squeezed["scale"])
+        base = 0.5 * jnp.sum(weights, axis=1)
+
+        def input_cdf(term, y):
+            half_weights, loc, inverse = term
+            return jnp.sum(half_weights * jax.lax.erf((y - loc) * inverse))
+    else:
+        terms = (weights, squeezed)
+        base = jnp.zeros(weights.shape[:1], weights.dtype)
+
+        def input_cdf(term, y):
+            input_weights, params = term
+            return jnp.sum(input_weights * family.marginal_cdf(params, y))
+
+    def one_level(arguments):
+        term, offset, low, high, level = arguments
+        return solve(lambda y: offset + input_cdf(term, y), low, high, level)
+
+    Q, m = lower.shape[:2]
+    repeat = partial(jax.tree.map, lambda value: jnp.repeat(value, Q, axis=0))
+    # Element i = input i // Q, level i % Q; the terms are repeated per level (small: m is
+    # the planned chunk).
+    flat = (repeat(terms), jnp.repeat(base, Q), jnp.moveaxis(lower[..., 0], 1, 0).reshape(-1),
+            jnp.moveaxis(upper[..., 0], 1, 0).reshape(-1), jnp.tile(levels, m))
+    values = jax.lax.map(one_level, flat)  # (m * Q,)
+    return jnp.moveaxis(values.reshape(m, Q), 1, 0)[..., None]
+
+
 @partial(jax.jit, static_argnames=("model", "draw_chunk", "max_iterations", "cached"))
 def quantile_kernel(model, draw_chunk, max_iterations, cached, draws, y_shift, y_scale, X_std,
                     q):
@@ -106,20 +141,19 @@ def quantile_kernel(model, draw_chunk, max_iterations, cached, draws, y_shift, y
         squeezed = _squeezed(params, shape[1])
         lower, upper = _bracket_terms(family, weights, params, levels, squeezed)  # (Q, m, D)
 
+        if squeezed is not None:
+            return _solve_each_level(family, weights, squeezed, lower, upper, levels, solve)
+
         def one_input(arguments):
             input_weights, input_params, input_lower, input_upper = arguments  # (T,), (T, d)
 
             def mixture_cdf(y):  # (Q, D)
-                if squeezed is not None:  # input_params (T,): the T terms along the minor axis
-                    return jnp.sum(input_weights * component_cdf(family, input_params, y),
-                                   axis=1, keepdims=True)
                 return jnp.sum(input_weights[:, None] * component_cdf(
                     family, input_params, y[:, None, :]), axis=1)
 
             return solve(mixture_cdf, input_lower, input_upper, levels[:, None])
 
-        values = jax.lax.map(one_input, (weights, params if squeezed is None else squeezed,
-                                         jnp.moveaxis(lower, 1, 0),
+        values = jax.lax.map(one_input, (weights, params, jnp.moveaxis(lower, 1, 0),
                                          jnp.moveaxis(upper, 1, 0)))  # (m, Q, D)
         return jnp.moveaxis(values, 0, 1)
 
