@@ -80,7 +80,7 @@ def _bracket_terms(family, weights, params, levels, squeezed=None):
 
 def _solve_each_level(family, weights, squeezed, lower, upper, levels, solve):
     """Quantiles (Q, m, 1) of D = 1 mixtures (`weights` (m, T), `squeezed` parameters
-    (m, T)), one root-finder loop per input and level (``lax.map``), each stopping as soon
+    (m, T)), one root-finder loop per input and level (nested ``lax.map``), each stopping as soon
     as it has converged, with the T terms along the minor axis. A Normal's cdf sum is
     ``sum_t w_t / 2 + sum_t (w_t / 2) erf((y - loc_t) / (scale_t sqrt 2))`` with the
     per-component factors computed once (no division per step)."""
@@ -99,18 +99,17 @@ def _solve_each_level(family, weights, squeezed, lower, upper, levels, solve):
             input_weights, params = term
             return jnp.sum(input_weights * family.marginal_cdf(params, y))
 
-    def one_level(arguments):
-        term, offset, low, high, level = arguments
-        return solve(lambda y: offset + input_cdf(term, y), low, high, level)
+    def one_input(arguments):
+        term, offset, low, high = arguments  # terms (T,); low, high (Q,)
 
-    Q, m = lower.shape[:2]
-    repeat = partial(jax.tree.map, lambda value: jnp.repeat(value, Q, axis=0))
-    # Element i = input i // Q, level i % Q; the terms are repeated per level (small: m is
-    # the planned chunk).
-    flat = (repeat(terms), jnp.repeat(base, Q), jnp.moveaxis(lower[..., 0], 1, 0).reshape(-1),
-            jnp.moveaxis(upper[..., 0], 1, 0).reshape(-1), jnp.tile(levels, m))
-    values = jax.lax.map(one_level, flat)  # (m * Q,)
-    return jnp.moveaxis(values.reshape(m, Q), 1, 0)[..., None]
+        def one_level(bounds):
+            return solve(lambda y: offset + input_cdf(term, y), *bounds)
+
+        return jax.lax.map(one_level, (low, high, levels))
+
+    values = jax.lax.map(one_input, (terms, base, jnp.moveaxis(lower[..., 0], 1, 0),
+                                     jnp.moveaxis(upper[..., 0], 1, 0)))  # (m, Q)
+    return jnp.moveaxis(values, 1, 0)[..., None]
 
 
 @partial(jax.jit, static_argnames=("model", "draw_chunk", "max_iterations", "cached"))
