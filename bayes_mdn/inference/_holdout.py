@@ -8,8 +8,8 @@ standardised rows to the :class:`~bayes_mdn.inference._data.FitData` that the op
 loop (:func:`~bayes_mdn.inference._optim.run_blocks`) scores at every evaluation.
 
 With ``refit`` (the default for a fraction), :func:`refit_on_all_rows` then fits again on
-every row, each member stopped at the step the validation rows chose for it
-(:class:`RefitData`).
+every row for the step count the validation rows chose (:func:`refit_steps`,
+:class:`RefitData`).
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from bayes_mdn.inference._data import FitData, prepare_data
 from bayes_mdn.posterior import Posterior
 
 __all__ = ["RefitData", "ValidationData", "attach_validation", "check_validation_options",
-           "refit_on_all_rows", "split_validation", "wants_refit"]
+           "refit_on_all_rows", "refit_steps", "split_validation", "wants_refit"]
 
 #: Folded into the fit's key to choose the validation rows (the fit's own use of the key
 #: is unchanged, so a fit without validation is what it was).
@@ -150,6 +150,31 @@ def wants_refit(options: Any) -> bool:
     return isinstance(validation, float) if refit is None else bool(refit)
 
 
+def refit_steps(history: dict[str, np.ndarray], options: Any) -> np.ndarray:
+    """The step(s) a refit stops at: shape (members,) for ensembles, else (1,).
+
+    A single fit (MAP, SVI, Laplace's MAP stage) stops at its best validation step. An
+    ensemble stops every member at the step where the ensemble's predictive validation
+    log-likelihood (all members trained for the same number of steps) peaked, not at each
+    member's own best: a member's curve on a few hundred rows is noisy and its best is biased
+    early (measured on the UCI protocol, energy K=3: -0.55 nats with per-member steps against
+    -0.40 tuned), while the ensemble's curve is the quantity a hand-tuned step count is
+    chosen on.
+    """
+    prefix = "map_" if "map_best_step" in history else ""
+    best = np.atleast_1d(np.asarray(history[f"{prefix}best_step"], np.int64))
+    if best.size == 1:
+        return best
+    steps = np.asarray(history[f"{prefix}eval_step"], np.int64)
+    curve = np.asarray(history[f"{prefix}validation_log_likelihood"], np.float64)
+    block_size = -(-options.num_steps // min(options.num_evaluations, options.num_steps))
+    regular = ((steps % block_size == 0) | (steps == options.num_steps)) & np.isfinite(curve)
+    if not regular.any():
+        return best
+    step = steps[regular][int(np.argmax(curve[regular]))]
+    return np.full(best.shape, step, np.int64)
+
+
 #: History entries of the validation pass kept under their own names after a refit.
 _KEPT = ("validation_log_likelihood", "member_validation_log_likelihood", "best_step",
          "stopped_step")
@@ -176,8 +201,7 @@ def refit_on_all_rows(fit_function: Callable[..., Posterior], model: Any, X: Any
         The method's options (validation, checkpointing and resuming are switched off for
         the refit; `num_steps` and the schedule are unchanged).
     first : Posterior
-        The validation pass, whose ``history["best_step"]`` (``map_best_step`` for Laplace)
-        gives the steps.
+        The validation pass, whose history gives the steps (:func:`refit_steps`).
     held : (X_val, y_val) or None
         Separate validation rows to append (None for a fraction: `X`, `y` hold them).
 
@@ -188,7 +212,7 @@ def refit_on_all_rows(fit_function: Callable[..., Posterior], model: Any, X: Any
         :class:`~bayes_mdn.inference.OptimOptions`) and its data.
     """
     history = first.history
-    best = history.get("best_step", history.get("map_best_step"))
+    best = refit_steps(history, options)
     if held is not None:
         X = np.concatenate([as_features(X, "X", keep_float32=True), held[0]])
         y = np.concatenate([as_targets(y, "y", keep_float32=True), held[1]])

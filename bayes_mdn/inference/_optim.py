@@ -96,11 +96,13 @@ class OptimOptions:
     refit : bool or None
         With `validation`, what the fit returns once the validation rows have chosen when to
         stop. True: fit again, from the same key and start, on every row (the training rows
-        plus the validation rows, standardised together) and take each member's estimate at
-        the step the validation rows chose for it (``history["best_step"]``): the step count
-        is tuned on held-out rows but the returned fit has seen all the data, as with a
-        step count tuned by hand. It costs up to one more fit (at most ``max(best_step)``
-        steps, one more compilation for the larger data). False: return the best iterate of
+        plus the validation rows, standardised together) for the number of steps the
+        validation rows chose: ``history["best_step"]``, or for ensembles the step where the
+        ensemble's validation log-likelihood peaked, for every member (a single member's
+        curve is noisy and its best biased early). The step count is tuned on held-out rows
+        but the returned fit has seen all the data, as with a step count tuned by hand. It
+        costs one more fit of at most that many steps (one more compilation for the larger
+        data). False: return the best iterate of
         the fit on the training rows alone (the validation rows stay unseen, e.g. for
         recalibration). None (default): True for a fraction ``validation=0.2``, False for
         separate rows ``validation=(X_val, y_val)`` (rows you passed separately are never
