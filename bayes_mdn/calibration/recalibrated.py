@@ -37,6 +37,7 @@ import numpy as np
 from bayes_mdn._progress import progress_bar
 from bayes_mdn._validation import check_choice, check_key, check_positive_int
 from bayes_mdn.calibration._grid import (
+    JOINT_REASON,
     cdf_on_grid,
     check_calibration_data,
     check_one_output,
@@ -100,7 +101,7 @@ class RecalibratedPredictive(PredictiveMixture):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        check_one_output(self.num_outputs, "Recalibration")
+        check_one_output(self.num_outputs, "Recalibration", JOINT_REASON)
         if not isinstance(self.recalibration, CalibrationMap):
             raise TypeError("`recalibration` must be a bayes_mdn.calibration CalibrationMap; "
                             f"got {type(self.recalibration).__name__}.")
@@ -384,7 +385,7 @@ def recalibrate(
     """The posterior with a recalibration map fitted to PIT values; see
     :meth:`bayes_mdn.Posterior.recalibrate` for the parameters."""
     method = check_choice(method, "method", ("isotonic", "beta"))
-    check_one_output(posterior.num_outputs, "Recalibration")
+    check_one_output(posterior.num_outputs, "Recalibration", JOINT_REASON)
     if key is not None:
         key = check_key(key)
     if (isinstance(identity_weight, bool) or not isinstance(identity_weight, (int, float))
