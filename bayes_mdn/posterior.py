@@ -330,9 +330,9 @@ class Posterior:
         ValueError
             For D > 1 (per-output maps would calibrate the marginals but not define the
             joint density, samples and HDRs of the predictive: a joint needs a copula that
-            marginal PIT values cannot check; fit one model per output instead), NaN or wrongly shaped data, too few rows for the method (or the
-            folds), ``cv="loo"`` on a fit with fewer than 50 draws, before anything is
-            compiled.
+            marginal PIT values cannot check; fit one model per output instead), NaN or
+            wrongly shaped data, too few rows for the method (or the folds), ``cv="loo"``
+            on a fit with fewer than 50 draws, before anything is compiled.
         """
         return recalibrate_posterior(self, X, y, method=method, cv=cv, key=key,
                                      fit_options=fit_options, refit=refit,

@@ -110,10 +110,11 @@ class OptimOptions:
         (``benchmarks/validation_stopping.py``, 4 data sets x K = 1, 3, 20 splits) the best
         iterate of the 80 % fit was more than one standard error below the hand-tuned
         step count on 4 of 8 rows; with the refit on none
-        (``benchmarks/results/validation_stopping_summary.md``). After a refit, ``history`` is the refit's curve plus
-        the validation pass's: ``validation_log_likelihood``, ``best_step``,
-        ``stopped_step`` (and ``member_validation_log_likelihood``) as above, the other
-        entries of the validation pass prefixed ``validation_pass_`` (e.g.
+        (``benchmarks/results/validation_stopping_summary.md``). After a refit,
+        ``history`` is the refit's curve plus the validation pass's:
+        ``validation_log_likelihood``, ``best_step``, ``stopped_step`` (and
+        ``member_validation_log_likelihood``) as above, the other entries of the
+        validation pass prefixed ``validation_pass_`` (e.g.
         ``validation_pass_eval_step``, the steps of the validation curve), and
         ``refit_step``; ``info["refit"]`` is True. The refit runs without a checkpoint
         (`checkpoint`/`resume` cover the validation pass; the refit is deterministic, so a
