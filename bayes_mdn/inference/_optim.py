@@ -83,9 +83,10 @@ class OptimOptions:
         at random with the fit's key; the model never trains on them), or separate rows
         ``(X_val, y_val)`` of shapes (M', P) and (M', D). Their mean log-likelihood is
         evaluated at every evaluation (see `num_evaluations`); the fit stops when it has not
-        improved for `patience` evaluations in a row and returns the best iterate seen (for
+        improved for `patience` evaluations in a row and keeps the best iterate seen (for
         ``method="ensemble"``, each member's own best: a member stops improving on its own
-        and the fit stops when every member has). `num_steps` is then a maximum. The curve is
+        and the fit stops when every member has; see `refit` for what is returned).
+        `num_steps` is then a maximum. The curve is
         kept in ``history["validation_log_likelihood"]`` (original units; an ensemble's
         predictive, with ``history["member_validation_log_likelihood"]`` per member),
         ``history["best_step"]`` (per member for ensembles) and ``history["stopped_step"]``.
