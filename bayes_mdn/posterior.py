@@ -263,7 +263,8 @@ class Posterior:
             return PredictiveMixture(**pieces)
         return RecalibratedPredictive(**pieces, recalibration=self.recalibration)
 
-    def recalibrate(self, X: Any, y: Any, *, method: str = "isotonic", cv: int | None = None,
+    def recalibrate(self, X: Any, y: Any, *, method: str = "isotonic",
+                    cv: int | str | None = None,
                     key: jax.Array | None = None, fit_options: Mapping[str, Any] | None = None,
                     refit: Any = None, num_draws: int | None = None,
                     num_bins: int | None = None, identity_weight: float = 0.01) -> Posterior:
@@ -284,6 +285,13 @@ class Posterior:
           `fit_options` or `refit` to reproduce the fit exactly, e.g. an ``init``), and
           the PIT values of each fold come from the fit that did not see it. One map is
           fitted to all of them and applied to this (full) fit.
+        * leave-one-out (``cv="loo"``): `X`, `y` are the training rows; no refits: each
+          row's PIT value is this fit's leave-one-out predictive cdf at it, by
+          Pareto-smoothed importance sampling of the posterior draws
+          (:mod:`bayes_mdn.calibration.loo`). It describes this fit, where the fold fits of
+          ``cv=k`` (on fewer rows) can be calibrated differently. Needs at least 50 draws
+          that approximate a posterior (NUTS, SVI, Laplace; not MAP or a small ensemble);
+          warns when a row's Pareto k-hat exceeds 0.7 (then use ``cv=5`` or held-out rows).
 
         Parameters
         ----------
@@ -293,8 +301,8 @@ class Posterior:
             ``"isotonic"``: the smoothed isotonic fit (a monotone cubic through PIT
             quantiles; at least 20 rows); ``"beta"``: beta calibration (3 parameters; at
             least 10 rows).
-        cv : int, optional
-            Number of folds (>= 2) of the cross-fitted form.
+        cv : int or "loo", optional
+            Number of folds (>= 2) of the cross-fitted form, or ``"loo"``.
         key : PRNG key, optional
             Needed by ``cv`` (fold split and refits) and by discrete families (randomised
             PIT).
@@ -320,8 +328,11 @@ class Posterior:
         Raises
         ------
         ValueError
-            For D > 1, NaN or wrongly shaped data, too few rows for the method (or the
-            folds), before anything is compiled.
+            For D > 1 (per-output maps would calibrate the marginals but not define the
+            joint density, samples and HDRs of the predictive: a joint needs a copula that
+            marginal PIT values cannot check; fit one model per output instead), NaN or
+            wrongly shaped data, too few rows for the method (or the folds), ``cv="loo"``
+            on a fit with fewer than 50 draws, before anything is compiled.
         """
         return recalibrate_posterior(self, X, y, method=method, cv=cv, key=key,
                                      fit_options=fit_options, refit=refit,

@@ -310,6 +310,11 @@ def no_kernels(monkeypatch):
     (np.zeros((30, 1)), np.zeros(30), {"cv": 1, "key": jax.random.key(0)}, "`cv` must be"),
     (np.zeros((30, 1)), np.zeros(30), {"identity_weight": 1.5}, "identity_weight"),
     (np.zeros((30, 1)), np.zeros(30), {"method": "platt"}, "method"),
+    (np.zeros((30, 2)), np.zeros(30), {}, "features|columns"),
+    (np.r_[np.zeros((29, 1)), [[np.nan]]], np.zeros(30), {}, "NaN|finite"),
+    (np.zeros((30, 1)), np.zeros((30, 2)), {}, "output|columns"),
+    (np.zeros((30, 1)), np.zeros(30), {"cv": "five", "key": jax.random.key(0)},
+     "`cv` must be"),
 ])
 def test_bad_input_is_refused_before_compilation(posterior, no_kernels, X, y, kwargs, match):
     with pytest.raises(ValueError, match=match):
@@ -329,5 +334,7 @@ def test_two_outputs_get_a_clear_error(no_kernels):
                                  ("bias", (2 if head != "logits" else 1,)))}
     standardizer = Standardizer(np.zeros(1), np.ones(1), np.zeros(2), np.ones(2))
     post = bm.Posterior(model=model, method="map", draws=draws, standardizer=standardizer)
-    with pytest.raises(ValueError, match=r"one output \(D = 1\)"):
+    with pytest.raises(ValueError, match=r"one output \(D = 1\); this model has D = 2\. "
+                                         r"Maps of each output's marginal cdf would not "
+                                         r"define the joint density"):
         post.recalibrate(np.zeros((30, 1)), np.zeros((30, 2)))

@@ -41,7 +41,7 @@ def map_validated(data) -> bm.Posterior:
     # Overfits quickly: a wide network, no weight decay to speak of, a large step.
     model = bm.MDN(num_components=3, hidden_sizes=(40,), prior=bm.priors.FanInNormal(10.0))
     return model.fit(X, y, key=jax.random.key(0), num_steps=3000, num_evaluations=150,
-                     learning_rate=0.03, validation=0.25, patience=5), model
+                     learning_rate=0.03, validation=0.25, patience=5, refit=False), model
 
 
 def test_map_validation_stops_early_and_keeps_the_best_iterate(data, map_validated):

@@ -43,10 +43,23 @@ def check_calibration_data(X: Any, y: Any, num_features: int, num_outputs: int,
     return X, y
 
 
-def check_one_output(num_outputs: int, what: str) -> None:
+#: Why recalibration refuses D > 1 (in its error).
+JOINT_REASON = ("Maps of each output's marginal cdf would not define the joint density "
+                "(that needs a dependence structure the marginal PIT values cannot check). ")
+
+
+def check_one_output(num_outputs: int, what: str, reason: str = "") -> None:
+    """Refuse D > 1 (`reason`, e.g. :data:`JOINT_REASON`, goes into the message).
+
+    For recalibration: per-marginal maps would calibrate each output's cdf, quantiles and
+    intervals, but not define the joint distribution that ``log_prob``, ``sample``, ``hdr``
+    and the metrics of a D-output predictive answer: that needs a copula, which marginal
+    PIT values cannot check, so a recalibrated joint would be a guess.
+    """
     if num_outputs != 1:
-        raise ValueError(f"{what} is defined for one output (D = 1); this model has D = "
-                         f"{num_outputs}. Fit one model per output to calibrate each.")
+        raise ValueError(
+            f"{what} is defined for one output (D = 1); this model has D = {num_outputs}. "
+            f"{reason}Fit one model per output to calibrate each output's intervals.")
 
 
 def runs_to_intervals(grid: np.ndarray, inside: np.ndarray, value: np.ndarray | None = None,

@@ -26,6 +26,7 @@ recalibrated predictive is no longer a mixture over draws.
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -36,10 +37,12 @@ import numpy as np
 from bayes_mdn._progress import progress_bar
 from bayes_mdn._validation import check_choice, check_key, check_positive_int
 from bayes_mdn.calibration._grid import (
+    JOINT_REASON,
     cdf_on_grid,
     check_calibration_data,
     check_one_output,
 )
+from bayes_mdn.calibration.loo import MIN_LOO_DRAWS, PARETO_K_THRESHOLD, loo_pit_values
 from bayes_mdn.calibration.maps import (
     DEFAULT_IDENTITY_WEIGHT,
     MIN_POINTS,
@@ -93,7 +96,7 @@ class RecalibratedPredictive(PredictiveMixture):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        check_one_output(self.num_outputs, "Recalibration")
+        check_one_output(self.num_outputs, "Recalibration", JOINT_REASON)
         if not isinstance(self.recalibration, CalibrationMap):
             raise TypeError("`recalibration` must be a bayes_mdn.calibration CalibrationMap; "
                             f"got {type(self.recalibration).__name__}.")
@@ -368,7 +371,7 @@ def recalibrate(
     y: Any,
     *,
     method: str = "isotonic",
-    cv: int | None = None,
+    cv: int | str | None = None,
     key: jax.Array | None = None,
     fit_options: Mapping[str, Any] | None = None,
     refit: Callable[..., Posterior] | None = None,
@@ -379,7 +382,7 @@ def recalibrate(
     """The posterior with a recalibration map fitted to PIT values; see
     :meth:`bayes_mdn.Posterior.recalibrate` for the parameters."""
     method = check_choice(method, "method", ("isotonic", "beta"))
-    check_one_output(posterior.num_outputs, "Recalibration")
+    check_one_output(posterior.num_outputs, "Recalibration", JOINT_REASON)
     if key is not None:
         key = check_key(key)
     if (isinstance(identity_weight, bool) or not isinstance(identity_weight, (int, float))
@@ -388,7 +391,27 @@ def recalibrate(
                          f"got {identity_weight!r}.")
     if num_bins is not None:
         num_bins = check_positive_int(num_bins, "num_bins")
-    if cv is None:
+    k_hat = None
+    if isinstance(cv, str):
+        if cv != "loo":
+            raise ValueError(f"`cv` must be an integer >= 2 (the number of folds), \"loo\" or "
+                             f"None; got {cv!r}.")
+        total = posterior.num_chains * posterior.num_draws
+        if posterior.kind == "point" or total < MIN_LOO_DRAWS:
+            raise ValueError(
+                f"recalibrate(cv='loo') reweights posterior draws and needs at least "
+                f"{MIN_LOO_DRAWS}; this {posterior.method} fit has {total}. Use cv=5 "
+                "(refits on folds) or held-out rows (cv=None).")
+        X, y = check_calibration_data(X, y, posterior.num_features, 1, MIN_POINTS[method],
+                                      f"recalibrate(method={method!r}, cv='loo')")
+        draws = None if num_draws is None else min(check_positive_int(num_draws, "num_draws"),
+                                                   total)
+        if draws is not None and draws < MIN_LOO_DRAWS:
+            raise ValueError(f"recalibrate(cv='loo') needs num_draws >= {MIN_LOO_DRAWS}; got "
+                             f"{num_draws}.")
+        u, k_hat = loo_pit_values(posterior, X, y, key=key, num_draws=draws)
+        _warn_high_pareto_k(k_hat, posterior.method)
+    elif cv is None:
         X, y = check_calibration_data(X, y, posterior.num_features, 1, MIN_POINTS[method],
                                       f"recalibrate(method={method!r})")
         total = posterior.num_chains * posterior.num_draws
@@ -412,9 +435,24 @@ def recalibrate(
             raise TypeError("`refit` must be a callable refit(X, y, key=...) -> Posterior.")
         u = _cross_fitted_pit(posterior, X, y, int(cv), key, options, refit, num_draws)
     fitted = fit_map(u, method, num_bins=num_bins, identity_weight=float(identity_weight))
-    info = {**posterior.info, "recalibration": {"method": method, "num_points": int(u.size),
-                                                "cv": None if cv is None else int(cv)}}
+    record = {"method": method, "num_points": int(u.size),
+              "cv": cv if cv is None or isinstance(cv, str) else int(cv)}
+    if k_hat is not None:
+        record.update(max_pareto_k=float(np.nanmax(k_hat)),
+                      fraction_high_pareto_k=float(np.mean(~(k_hat <= PARETO_K_THRESHOLD))))
+    info = {**posterior.info, "recalibration": record}
     return dataclasses.replace(posterior, recalibration=fitted, info=info)
+
+
+def _warn_high_pareto_k(k_hat: np.ndarray, method: str) -> None:
+    high = ~(k_hat <= PARETO_K_THRESHOLD)  # NaN counts as high
+    if high.any():
+        warnings.warn(
+            f"recalibrate(cv='loo'): the importance weights of {int(high.sum())} of "
+            f"{k_hat.size} rows have Pareto k-hat above {PARETO_K_THRESHOLD} (max "
+            f"{np.nanmax(k_hat):.2f}), so their leave-one-out PIT values are unreliable "
+            f"({method} fit). Use cv=5 (refits on folds) or held-out rows (cv=None).",
+            UserWarning, stacklevel=4)
 
 
 def _cross_fitted_pit(posterior: Posterior, X: np.ndarray, y: np.ndarray, cv: int,

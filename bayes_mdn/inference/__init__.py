@@ -46,7 +46,12 @@ from bayes_mdn.inference._data import (
     require_proper_prior,
     with_reference_points,
 )
-from bayes_mdn.inference._holdout import attach_validation, split_validation
+from bayes_mdn.inference._holdout import (
+    attach_validation,
+    refit_on_all_rows,
+    split_validation,
+    wants_refit,
+)
 from bayes_mdn.inference._optim import OptimOptions
 from bayes_mdn.inference.laplace import LaplaceOptions, fit_laplace
 from bayes_mdn.inference.log_density import LogDensity, log_density
@@ -155,6 +160,10 @@ def fit(model: MDN, X: Any, y: Any, *, key: jax.Array, method: str = "map",
     if entry.proper_prior:
         require_proper_prior(model, data, method)
     posterior = entry.fit(model, data, key, method_options)
+    if wants_refit(method_options):
+        posterior, data = refit_on_all_rows(
+            entry.fit, model, X, y, X_test, y_test, key, method_options, posterior,
+            None if isinstance(method_options.validation, float) else held)
     posterior = dataclasses.replace(posterior, kind=entry.kind,
                                     info={**posterior.info, **names})
     return with_reference_points(posterior, data)
