@@ -196,6 +196,7 @@ def crps(
       ``mean_i |x_i - y| - 1/2 mean_{i != j} |x_i - x_j|`` from `num_samples` predictive
       samples per input, using all sample pairs (computed from the sorted sample). Its
       standard error shrinks as ``1 / sqrt(num_samples)``.
+
     A :class:`~bayes_mdn.calibration.RecalibratedPredictive` (cdf ``R(F(y))``) is scored by
     the trapezoid rule of the integral on a grid, whatever `method` says.
 

@@ -6,18 +6,18 @@ initialisation) and returns the same Posterior. Methods are registered in ``METH
 anything is compiled), the fit function and the kind of result. Adding a method is its own
 module plus one line in ``METHODS``; see the architecture page of the docs.
 
-=============  ==========================================================================
-``"map"``      maximum a posteriori: AutoDelta + Adam (:class:`MapOptions`)
-``"ensemble"`` E vmapped MAP fits from different starts, one draw each
-               (:class:`EnsembleOptions`)
-``"svi"``      variational inference, guides normal / lowrank / mvn / flow
-               (:class:`SviOptions`)
-``"laplace"``  Gaussian at the MAP point with the inverse Hessian as covariance
-               (:class:`LaplaceOptions`)
-``"nuts"``     multi-chain No-U-Turn sampler (:class:`NutsOptions`)
-``"sgmcmc"``   cyclical stochastic-gradient HMC on minibatches, several chains
-               (:class:`SgmcmcOptions`)
-=============  ==========================================================================
+==============  ==========================================================================
+``"map"``       maximum a posteriori: AutoDelta + Adam (:class:`MapOptions`)
+``"ensemble"``  E vmapped MAP fits from different starts, one draw each
+                (:class:`EnsembleOptions`)
+``"svi"``       variational inference, guides normal / lowrank / mvn / flow
+                (:class:`SviOptions`)
+``"laplace"``   Gaussian at the MAP point with the inverse Hessian as covariance
+                (:class:`LaplaceOptions`)
+``"nuts"``      multi-chain No-U-Turn sampler (:class:`NutsOptions`)
+``"sgmcmc"``    cyclical stochastic-gradient HMC on minibatches, several chains
+                (:class:`SgmcmcOptions`)
+==============  ==========================================================================
 
 Several devices: the optimisation-based methods take ``shard_data`` (the training rows split
 over every device, parameters replicated: data-parallel steps), and NUTS takes
@@ -28,8 +28,7 @@ guide "Use several devices".
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Protocol
 
 import jax
 
@@ -66,10 +65,14 @@ __all__ = ["METHODS", "EnsembleOptions", "FitData", "FitFunction", "LaplaceOptio
            "LogDensity", "MapOptions", "MethodEntry", "NutsOptions", "OptimOptions",
            "SgmcmcOptions", "SviOptions", "fit", "log_density", "prepare_data"]
 
-#: The one signature of a method's fit function: ``fit(model, data, key, options)`` with the
-#: validated, standardised :class:`FitData`, a PRNG key and the method's options dataclass,
-#: returning a :class:`~bayes_mdn.Posterior` whose draws are (C, S, *site_shape).
-FitFunction = Callable[[MDN, FitData, jax.Array, Any], Posterior]
+class FitFunction(Protocol):
+    """The one signature of a method's fit function: ``fit(model, data, key, options)`` with
+    the validated, standardised :class:`FitData`, a PRNG key and the method's options
+    dataclass, returning a :class:`~bayes_mdn.Posterior` whose draws are
+    ``(C, S, *site_shape)``."""
+
+    def __call__(self, model: MDN, data: FitData, key: jax.Array, options: Any, /
+                 ) -> Posterior: ...
 
 
 class MethodEntry(NamedTuple):
