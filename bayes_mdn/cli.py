@@ -316,7 +316,9 @@ _METHOD_OPTIONS = (("--num-steps", "num_steps", "num_steps"),
                    ("--num-cycles", "num_cycles", "num_cycles"),
                    ("--batch-size", "batch_size", "batch_size"),
                    ("--step-size", "step_size", "step_size"),
-                   ("--validation", "validation", "validation"))
+                   ("--validation", "validation", "validation"),
+                   ("--patience", "patience", "patience"),
+                   ("--no-refit", "refit", "refit"))
 
 
 def _fit_options(args: argparse.Namespace) -> dict[str, Any]:
@@ -735,8 +737,16 @@ def _parser() -> argparse.ArgumentParser:
     fit.add_argument("--prior-scale", type=float, default=None,
                      help="the prior's scale (default: the prior's own, 1.0)")
     fit.add_argument("--validation", type=float, default=None, metavar="FRACTION",
-                     help="hold out this fraction of the rows to monitor the fit (default: "
-                          "none)")
+                     help="hold out this fraction of the rows: num-steps becomes a maximum, "
+                          "the fit stops when their log-likelihood stops improving, then "
+                          "refits on every row for the best step count (default: none)")
+    fit.add_argument("--patience", type=int, default=None,
+                     help="with --validation: evaluations without improvement before "
+                          "stopping (default 20)")
+    fit.add_argument("--no-refit", dest="refit", action="store_const", const=False,
+                     default=None,
+                     help="with --validation: keep the best iterate of the fit on the other "
+                          "rows instead of refitting on every row")
     fit.add_argument("--num-steps", type=int, default=None,
                      help="optimisation steps (map, ensemble, svi, laplace; default 2000)")
     fit.add_argument("--learning-rate", type=float, default=None,

@@ -312,16 +312,19 @@ def test_bad_fit_options_exit_2(tmp_path, capsys, csv_file, extra, message):
     assert not (tmp_path / "fit.bmdn").exists()
 
 
-def test_validation_passes_through_or_explains(tmp_path, capsys, csv_file):
-    from bayes_mdn.inference import MapOptions
+def test_validation_refits_by_default_and_no_refit_keeps_the_stopped_fit(tmp_path, csv_file):
+    import bayes_mdn as bm
 
-    arguments = ["fit", str(csv_file), "--y", "y", "--num-steps", "5", "--hidden", "2",
-                 "--validation", "0.2", "--out", str(tmp_path / "fit.bmdn")]
-    if "validation" in MapOptions.__dataclass_fields__:
-        assert main(arguments) == 0
-    else:
-        assert main(arguments) == 2
-        _assert_one_line_error(capsys, "--validation is not supported by this version")
+    common = ["fit", str(csv_file), "--y", "y", "--num-steps", "30", "--hidden", "2",
+              "--validation", "0.2", "--patience", "3"]
+    assert main([*common, "--out", str(tmp_path / "refit.bmdn")]) == 0
+    refit = bm.load(tmp_path / "refit.bmdn")
+    assert refit.info["refit"] is True
+    assert "validation_log_likelihood" in refit.history
+    assert main([*common, "--no-refit", "--out", str(tmp_path / "kept.bmdn")]) == 0
+    kept = bm.load(tmp_path / "kept.bmdn")
+    assert not kept.info.get("refit")
+    assert "validation_log_likelihood" in kept.history
 
 
 def test_fit_parquet_and_warnings_reach_stderr(tmp_path, capsys, monkeypatch):
