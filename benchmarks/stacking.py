@@ -48,8 +48,9 @@ import numpy as np
 from _common import RESULTS, write_results
 
 import bayes_mdn as bm
+from bayes_mdn.predictive import DEFAULT_MAX_ELEMENTS
 from bayes_mdn.priors import FanInNormal, Hierarchical
-from bayes_mdn.stacking import stacking_weights
+from bayes_mdn.stacking import _check_cv, _cv_log_density, stacking_weights
 
 GOAL = -1.50
 NUM_TRAIN, NUM_TEST = 200, 20_000
@@ -168,10 +169,10 @@ def run_seed(quick: bool, nuts: bool, cv: int, cache: Path | None, save) -> list
 # --------------------------------------------------------------------------- UCI
 #: Dirichlet prior concentration of the regularised stacking variant (one pseudo-point per fit).
 CONCENTRATION = 2.0
-SPLITS_LOG = RESULTS / "stacking_uci_splits.jsonl"
+SPLITS_LOG = RESULTS / os.environ.get("STACKING_SPLITS_LOG", "stacking_uci_splits.jsonl")
 
 
-def uci_split(folder: Path, split: int, steps: int, members: int) -> dict:
+def uci_split(folder: Path, split: int, steps: int, members: int, cv: int = 0) -> dict:
     X, y, X_test, y_test = bm.datasets.load_uci(folder, split)
     num_valid = round(0.2 * len(X))
     X_fit, y_fit, X_val, y_val = X[:-num_valid], y[:-num_valid], X[-num_valid:], y[-num_valid:]
@@ -198,6 +199,21 @@ def uci_split(folder: Path, split: int, steps: int, members: int) -> dict:
     stacked = bm.stack(named, weights=found / found.sum())
     scores[label] = float(np.mean(stacked.predictive(X_test).log_prob(y_test)))
     weights[label] = stacked.weights.tolist()
+    if cv:
+        # Weights from cv-fold refits on the fitting rows (the validation rows unused), as
+        # bm.stack(named, X=X_fit, y=y_fit, cv=cv, key=...) computes them; and from those
+        # out-of-fold densities together with the validation rows' densities.
+        names, fitted = tuple(named), tuple(named.values())
+        options = _check_cv(cv, jax.random.key(1000 + split), len(X_fit), names, fitted, None)
+        out_of_fold = _cv_log_density(names, fitted, X_fit, y_fit, cv,
+                                      jax.random.key(1000 + split), options,
+                                      DEFAULT_MAX_ELEMENTS)
+        for label, density in ((f"stacking, cv={cv} on fitting rows", out_of_fold),
+                               (f"stacking, cv={cv} + validation rows",
+                                np.concatenate([out_of_fold, np.stack(columns, axis=1)]))):
+            stacked = bm.stack(named, weights=stacking_weights(density))
+            scores[label] = float(np.mean(stacked.predictive(X_test).log_prob(y_test)))
+            weights[label] = stacked.weights.tolist()
     return {"scores": scores, "weights": weights}
 
 
@@ -206,14 +222,15 @@ def split_order(num_splits: int, first: int) -> list[int]:
     return list(range(first, num_splits)) + list(range(min(first, num_splits)))
 
 
-def run_uci_splits(quick: bool, data: Path, datasets, splits: int, first: int) -> None:
+def run_uci_splits(quick: bool, data: Path, datasets, splits: int, first: int,
+                   cv: int = 0) -> None:
     """Run split by split, all data sets per split, appending each result to SPLITS_LOG
     (so a stopped run keeps every split it finished)."""
     num_splits, steps, members = (2, 300, 3) if quick else (splits, 1000, 5)
     for split in split_order(num_splits, 0 if quick else first):
         for dataset in datasets:
             started = time.perf_counter()
-            result = uci_split(data / dataset, split, steps, members)
+            result = uci_split(data / dataset, split, steps, members, cv)
             record = {"dataset": dataset, "split": split, "quick": quick, "num_steps": steps,
                       "num_members": members, "seconds": time.perf_counter() - started,
                       "load_average": list(os.getloadavg()), **result}
@@ -222,16 +239,34 @@ def run_uci_splits(quick: bool, data: Path, datasets, splits: int, first: int) -
             print(f"uci: {dataset} split {split} in {record['seconds']:.0f} s", flush=True)
 
 
-def load_splits(quick: bool, previous: Path | None) -> dict[str, dict[int, dict]]:
+def load_splits(quick: bool, previous: Path | None, extra_logs=()) -> dict[str, dict[int, dict]]:
     """Per data set, split -> result: this run's log, then `previous` (an earlier
-    results JSON of the same protocol, its ``details``) for splits not rerun."""
+    results JSON of the same protocol, its ``details``) for splits not rerun. `extra_logs`:
+    logs of reruns with more variants (``--cv``); their scores and weights are added to the
+    same split's (same protocol and keys, so the shared variants agree)."""
     found: dict[str, dict[int, dict]] = {}
-    if SPLITS_LOG.exists():
-        for line in SPLITS_LOG.read_text().splitlines():
+    for extra in extra_logs:
+        for line in Path(extra).read_text().splitlines():
             record = json.loads(line)
             if record["quick"] == quick:
                 found.setdefault(record["dataset"], {})[record["split"]] = record | {
-                    "source": "this run"}
+                    "source": f"this run + {Path(extra).name}"}
+    if SPLITS_LOG.exists():
+        for line in SPLITS_LOG.read_text().splitlines():
+            record = json.loads(line)
+            if record["quick"] != quick:
+                continue
+            known = found.setdefault(record["dataset"], {}).get(record["split"])
+            if known is None:
+                found[record["dataset"]][record["split"]] = record | {"source": "this run"}
+            else:  # an extra log reran this split: keep its extra variants, and say how
+                # far the variants both runs have differ (same keys: they should agree)
+                shared = [name for name in record["scores"] if name in known["scores"]]
+                known["rerun_max_difference"] = max(
+                    (abs(record["scores"][name] - known["scores"][name]) for name in shared),
+                    default=None)
+                known["scores"] = known["scores"] | record["scores"]
+                known["weights"] = known["weights"] | record["weights"]
     if previous is not None and previous.exists():
         for dataset, per_split in json.loads(previous.read_text()).get("details", {}).items():
             for split, result in enumerate(per_split):
@@ -266,6 +301,35 @@ def summarise_uci(found: dict[str, dict[int, dict]], datasets) -> list[dict]:
     return rows
 
 
+def headline(rows: list[dict]) -> list[str]:
+    """The must-show comparisons, in words, from the rows (written above the table)."""
+    lines = ["# Stacked fits (bm.stack) against the best single fit", ""]
+    seed = [r for r in rows if r["part"] == "seed" and "minus_best_single" in r]
+    if seed:
+        lines += [f"Seed data, 200 training points, 20 000 test points (goal {GOAL}, exact "
+                  f"density {seed[0]['exact_ll']:.3f}); weights from the training rows only:", ""]
+        for r in seed:
+            verdict = "at least as high" if r["minus_best_single"] >= 0 else "LOSES"
+            k = r.get("max_pareto_k")
+            pareto = "" if k is None else f", max Pareto k {k:.2f}"
+            lines.append(f"- {r['model']}: {r['test_ll']:.3f} vs best single "
+                         f"{r['best_single']} ({r['test_ll'] - r['minus_best_single']:.3f}): "
+                         f"{r['minus_best_single']:+.3f}, {verdict}{pareto}")
+        lines.append("")
+    uci = [r for r in rows if r["part"] == "uci" and "minus_best_single" in r]
+    if uci:
+        lines += ["UCI, test log likelihood per point, mean over splits; difference to the best "
+                  "single K (paired, ± standard error; wins = splits where it is >= that K, ties "
+                  "included):",
+                  ""]
+        for r in uci:
+            lines.append(f"- {r['dataset']}, {r['model']} ({r['num_splits']} splits): "
+                         f"{r['minus_best_single']:+.3f} ± {r['minus_best_single_se']:.3f} vs "
+                         f"{r['best_single']}, wins {r['wins']}/{r['num_splits']}")
+        lines.append("")
+    return lines
+
+
 def table_rows(rows: list[dict]) -> list[dict]:
     """Rows for the Markdown table: weights as a string."""
     return [{k: v for k, v in row.items() if k != "weights"}
@@ -281,7 +345,8 @@ def main() -> None:
     parser.add_argument("--splits", type=int, default=20, help="first N UCI splits (max 20)")
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
     parser.add_argument("--cv", type=int, default=0,
-                        help="seed: also cv-fold stacking weights (refits every fit cv times)")
+                        help="seed and UCI: also cv-fold stacking weights (refits every fit cv "
+                             "times)")
     parser.add_argument("--cache", type=Path, default=None,
                         help="seed: save the fits here and reuse them on the next run")
     parser.add_argument("--name", default=None, help="results file name (no suffix)")
@@ -291,6 +356,8 @@ def main() -> None:
                         help="run splits from this one on, then the ones before it")
     parser.add_argument("--previous", type=Path, default=None,
                         help="an earlier results JSON whose UCI splits fill those not rerun")
+    parser.add_argument("--extra-log", nargs="*", default=[], type=Path,
+                        help="UCI: split logs of reruns with more variants, merged in")
     parser.add_argument("--summarise-only", action="store_true",
                         help="UCI: only tabulate the splits already in the log")
     args = parser.parse_args()
@@ -306,7 +373,9 @@ def main() -> None:
                     "uci_splits": 2 if args.quick else args.splits,
                     "elapsed_s": time.perf_counter() - started,
                     "load_average": list(os.getloadavg())}
-        write_results(name, {"settings": settings, **extra}, table_rows(rows))
+        write_results(name, {"settings": settings, **extra}, table_rows(rows), quiet=True)
+        markdown = RESULTS / f"{name}.md"
+        markdown.write_text("\n".join(headline(rows)) + "\n" + markdown.read_text())
 
     if args.seed_rows is not None:
         rows += [row for row in json.loads(args.seed_rows.read_text())["rows"]
@@ -321,8 +390,9 @@ def main() -> None:
     if "uci" in args.parts:
         datasets = args.datasets[:2] if args.quick else args.datasets
         if not args.summarise_only:
-            run_uci_splits(args.quick, args.data, datasets, args.splits, args.first_split)
-        found = load_splits(args.quick, args.previous)
+            run_uci_splits(args.quick, args.data, datasets, args.splits, args.first_split,
+                           args.cv)
+        found = load_splits(args.quick, args.previous, args.extra_log)
         rows += summarise_uci(found, datasets)
         extra["details"].update({d: {str(k): v for k, v in sorted(found[d].items())}
                                  for d in datasets if d in found})
