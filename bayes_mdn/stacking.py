@@ -479,8 +479,9 @@ class StackedPosterior:
     weights : numpy.ndarray, shape (M,)
         Non-negative, summing to one (read-only).
     info : mapping of str to Any
-        JSON-serialisable facts: ``method``, ``source`` (``"loo"``, ``"held-out"`` or
-        ``"given"``), ``num_points``, ``elpd_per_point`` (per fit), ``max_pareto_k``.
+        JSON-serialisable facts: ``method``, ``source`` (``"loo"``, ``"cv"``, ``"held-out"``
+        or ``"given"``), ``num_points``, ``elpd_per_point`` (per fit), ``max_pareto_k``
+        (LOO), ``cv`` (folds), ``concentration`` (when not 1).
     """
 
     members: tuple[Posterior, ...]
