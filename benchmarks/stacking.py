@@ -378,14 +378,15 @@ def main() -> None:
         markdown.write_text("\n".join(headline(rows)) + "\n" + markdown.read_text())
 
     if args.seed_rows is not None:
-        rows += [row for row in json.loads(args.seed_rows.read_text())["rows"]
-                 if row["part"] == "seed"]
+        seed_run = json.loads(args.seed_rows.read_text())
+        rows += [row for row in seed_run["rows"] if row["part"] == "seed"]
+        extra["seed_run"] = {"file": args.seed_rows.name, "settings": seed_run["settings"]}
     elif "seed" in args.parts:
         def save_seed(seed_rows: list[dict]) -> None:
             rows[:] = seed_rows
             save()
 
-        rows += run_seed(args.quick, args.nuts, args.cv, args.cache, save_seed)
+        rows[:] = run_seed(args.quick, args.nuts, args.cv, args.cache, save_seed)
         save()
     if "uci" in args.parts:
         datasets = args.datasets[:2] if args.quick else args.datasets
