@@ -9,9 +9,11 @@ them by their out-of-sample predictive accuracy (Yao, Vehtari, Simpson & Gelman 
 * ``method="pseudo-bma"`` sets ``w_m`` proportional to ``exp(elpd_m)``, the summed
   log predictive densities.
 
-The densities ``p_m(y_n | x_n)`` are either leave-one-out estimates on the training data
-(PSIS-LOO, as :func:`bayes_mdn.compare` computes them; needs fits with posterior draws) or
-plain predictive densities on held-out validation rows (any fit, MAP included).
+The densities ``p_m(y_n | x_n)`` come from one of three sources (see :func:`stack`):
+leave-one-out estimates on the training data (PSIS-LOO, as :func:`bayes_mdn.compare`
+computes them; free, but needs fits with many posterior draws), out-of-fold densities of
+K-fold refits on the training data (``cv=5``: any fit, costs ``cv`` refits of each member),
+or plain predictive densities on held-out validation rows (any fit; costs the rows).
 
 The result, :class:`StackedPosterior`, is immutable; its :meth:`~StackedPosterior.predictive`
 is a :class:`StackedPredictive`, the mixture ``sum_m w_m p_m(y | x)`` of the members'
@@ -31,6 +33,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import warnings
 import zipfile
 import zlib
 from collections.abc import Mapping, Sequence
@@ -42,6 +45,7 @@ from typing import Any
 import jax
 import numpy as np
 
+from bayes_mdn._progress import progress_bar
 from bayes_mdn._validation import (
     as_features,
     as_targets,
@@ -50,6 +54,7 @@ from bayes_mdn._validation import (
     check_positive_int,
     check_same_rows,
 )
+from bayes_mdn.diagnostics import MAX_PARETO_K, ConvergenceWarning
 from bayes_mdn.io import LOADERS, load
 from bayes_mdn.posterior import Posterior
 from bayes_mdn.predictive import DEFAULT_MAX_ELEMENTS, PredictiveMixture
@@ -78,7 +83,7 @@ def logsumexp(values: np.ndarray, axis: int) -> np.ndarray:
 
 # --------------------------------------------------------------------------- weights
 def stacking_weights(log_density: Any, method: str = "stacking", *, max_iterations: int = 10_000,
-                     tolerance: float = 1e-10) -> np.ndarray:
+                     tolerance: float = 1e-10, concentration: float = 1.0) -> np.ndarray:
     """Weights of M predictives from their pointwise log predictive densities.
 
     Parameters
@@ -97,6 +102,12 @@ def stacking_weights(log_density: Any, method: str = "stacking", *, max_iteratio
         Cap on EM steps.
     tolerance : float
         Stop when one EM step raises the mean log density by less than this.
+    concentration : float
+        ``"stacking"`` only: a symmetric Dirichlet(`concentration`) prior on the weights,
+        >= 1. The default 1 is flat (plain stacking); ``a > 1`` maximises
+        ``sum_n log sum_m w_m p_nm + (a - 1) sum_m log w_m`` instead (EM step
+        ``w_m <- (sum_n r_nm + a - 1) / (N + M (a - 1))``), i.e. ``a - 1`` pseudo-points per
+        fit pulling the weights toward uniform: a guard against weights that overfit few rows.
 
     Returns
     -------
@@ -104,6 +115,10 @@ def stacking_weights(log_density: Any, method: str = "stacking", *, max_iteratio
         Non-negative float64 weights summing to one.
     """
     method = check_choice(method, "method", METHODS)
+    if (isinstance(concentration, bool) or not isinstance(concentration, (int, float))
+            or not np.isfinite(concentration) or concentration < 1):
+        raise ValueError(f"`concentration` must be a finite number >= 1 (1 = no prior on the "
+                         f"weights), e.g. 2.0; got {concentration!r}.")
     values = np.asarray(log_density, dtype=np.float64)
     if values.ndim != 2 or values.shape[0] == 0 or values.shape[1] == 0:
         raise ValueError(f"`log_density` must have shape (N, M) with N, M >= 1; got "
@@ -117,16 +132,21 @@ def stacking_weights(log_density: Any, method: str = "stacking", *, max_iteratio
     if method == "pseudo-bma":
         elpd = np.where(np.isneginf(values), -1e300, values).sum(axis=0)
         return np.exp(elpd - logsumexp(elpd, axis=0))
+    num_points = values.shape[0]
+    extra = float(concentration) - 1.0  # Dirichlet pseudo-points per fit
     log_weights = np.full(num_fits, -np.log(num_fits))
     previous = -np.inf
     for _ in range(max_iterations):
         joint = values + log_weights  # (N, M)
         per_point = logsumexp(joint, axis=1)  # (N,)
-        objective = float(per_point.mean())
+        objective = float(per_point.mean()) + extra * float(np.sum(log_weights)) / num_points
         if objective - previous < tolerance:
             break
         previous = objective
-        log_weights = logsumexp(joint - per_point[:, None], axis=0) - np.log(values.shape[0])
+        log_counts = logsumexp(joint - per_point[:, None], axis=0)  # log sum_n r_nm
+        if extra > 0:
+            log_counts = np.logaddexp(log_counts, np.log(extra))
+        log_weights = log_counts - np.log(num_points + num_fits * extra)
     weights = np.exp(log_weights - logsumexp(log_weights, axis=0))
     # EM only approaches a zero weight; below 1e-8 the fit's share of any density is
     # under float32 rounding, so snap it to 0 (the predictive then skips that fit).
@@ -142,14 +162,71 @@ def _loo_log_density(posterior: Posterior, X: np.ndarray, y: np.ndarray, name: s
     require_draws(posterior, f"stack with LOO weights (fit {name!r}; or pass X_val, y_val)")
     az = _arviz()
     data = to_arviz(posterior, X, y, max_elements=max_elements)
-    import warnings
-
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*Pareto k.*")
         warnings.filterwarnings("ignore", message=".*Estimated shape parameter.*")
         result = az.loo(data, pointwise=True)
     return (np.asarray(result.loo_i, np.float64).reshape(-1),
             float(np.max(np.asarray(result.pareto_k))))
+
+
+def _check_cv(cv: Any, key: Any, num_rows: int, names: Sequence[str],
+              members: Sequence[Posterior], fit_options: Any) -> dict[str, dict[str, Any]]:
+    """Validate the cv arguments (before any fit); the refit options by member name."""
+    from bayes_mdn.calibration.recalibrated import _default_fit_options
+    from bayes_mdn.inference import METHODS as FIT_METHODS
+
+    if isinstance(cv, bool) or not isinstance(cv, (int, np.integer)) or cv < 2:
+        raise ValueError(f"`cv` must be an integer >= 2 (the number of folds), e.g. 5; got "
+                         f"{cv!r}.")
+    if key is None:
+        raise TypeError("stack(cv=...) refits every fit on folds and needs `key`, e.g. "
+                        "key=jax.random.key(0).")
+    check_key(key)
+    if num_rows < 2 * int(cv):
+        raise ValueError(f"stack(cv={cv}) needs at least {2 * int(cv)} rows (two per fold); "
+                         f"got {num_rows}. Use fewer folds.")
+    if fit_options is not None and not isinstance(fit_options, Mapping):
+        raise TypeError("`fit_options` must be a dict of fit name -> dict of MDN.fit options, "
+                        f"e.g. {{'K=5': {{'num_steps': 2000}}}}; got {type(fit_options).__name__}.")
+    unknown = sorted(set(fit_options or {}) - set(names))
+    if unknown:
+        raise ValueError(f"`fit_options` names fits that are not stacked: {unknown}; the fits "
+                         f"are {list(names)}.")
+    options = {}
+    for name, member in zip(names, members, strict=True):
+        if member.method not in FIT_METHODS:
+            raise ValueError(f"stack(cv=...) refits each fit with its own method, but "
+                             f"{name!r} has method {member.method!r}, which MDN.fit does not "
+                             f"know ({sorted(FIT_METHODS)}). Use held-out rows X_val, y_val.")
+        given = (fit_options or {}).get(name)
+        if given is not None and not isinstance(given, Mapping):
+            raise TypeError(f"`fit_options[{name!r}]` must be a dict of MDN.fit options; got "
+                            f"{type(given).__name__}.")
+        options[name] = dict(_default_fit_options(member) if given is None else given)
+    return options
+
+
+def _cv_log_density(names: Sequence[str], members: Sequence[Posterior], X: np.ndarray,
+                    y: np.ndarray, cv: int, key: jax.Array, options: Mapping[str, dict],
+                    max_elements: int) -> np.ndarray:
+    """Out-of-fold log predictive densities (N, M): row n scored by each member's recipe
+    refitted without n's fold. The same folds for every member."""
+    split_key, *fit_keys = jax.random.split(key, cv * len(members) + 1)
+    order = np.asarray(jax.random.permutation(split_key, X.shape[0]))
+    folds = np.array_split(order, cv)
+    log_density = np.empty((X.shape[0], len(members)))
+    with progress_bar(cv * len(members), desc="stack: cross-validating") as bar:
+        for fold, held in enumerate(folds):
+            train = np.setdiff1d(order, held)
+            for index, (name, member) in enumerate(zip(names, members, strict=True)):
+                refit = member.model.fit(X[train], y[train], key=fit_keys[fold * len(members)
+                                                                          + index],
+                                         method=member.method, **options[name])
+                pred = refit.predictive(X[held], max_elements=max_elements)
+                log_density[held, index] = np.asarray(pred.log_prob(y[held]), np.float64)
+                bar.update(1)
+    return log_density
 
 
 def _as_members(posteriors: Any) -> tuple[tuple[str, ...], tuple[Posterior, ...]]:
@@ -218,7 +295,10 @@ def _check_weights(weights: Any, num_members: int) -> np.ndarray:
 
 def stack(posteriors: Mapping[str, Posterior] | Sequence[Posterior], X_val: Any = None,
           y_val: Any = None, method: str = "stacking", *, X: Any = None, y: Any = None,
-          weights: Any = None, max_elements: int = DEFAULT_MAX_ELEMENTS) -> StackedPosterior:
+          cv: int | None = None, key: jax.Array | None = None,
+          fit_options: Mapping[str, Mapping[str, Any]] | None = None,
+          concentration: float = 1.0, weights: Any = None,
+          max_elements: int = DEFAULT_MAX_ELEMENTS) -> StackedPosterior:
     """Combine several fits of the same data into one predictive, weighted by accuracy.
 
     Parameters
@@ -233,9 +313,21 @@ def stack(posteriors: Mapping[str, Posterior] | Sequence[Posterior], X_val: Any 
         How densities become weights; see :func:`stacking_weights`.
     X, y : array-like, shapes (N, P) and (N,) or (N, D), optional
         The training data of the fits, for weights from PSIS-LOO (as :func:`bayes_mdn.compare`
-        computes it) when no held-out rows are given. Needs fits with posterior draws
-        (ensemble, SVI, Laplace, NUTS); with few draws (small ensembles) the LOO estimate is
-        rough and ``info["max_pareto_k"]`` says so (> 0.7).
+        computes it) or, with `cv`, from K-fold refits, when no held-out rows are given.
+    cv : int, optional
+        With `X`, `y`: weights from ``cv``-fold cross-validation instead of PSIS-LOO. Each
+        member's recipe (its model, ``method`` and the fit options recorded in its ``info``,
+        e.g. ``num_steps``, ``num_members``, ``num_samples``) is refitted ``cv`` times, each
+        time without one fold (the same folds for every member); the out-of-fold log
+        densities give the weights, which are applied to the full-data fits. Needs `key`.
+    key : jax.Array, optional
+        PRNG key of the folds and the refits (required with `cv`).
+    fit_options : dict of str to dict, optional
+        With `cv`: MDN.fit options per fit name, replacing those recovered from ``info``
+        (e.g. an ``init`` that ``info`` cannot record).
+    concentration : float
+        A symmetric Dirichlet prior on the stacking weights (``method="stacking"``), >= 1;
+        1 (default) is plain stacking; see :func:`stacking_weights`.
     weights : array-like, shape (M,), optional
         Fixed weights instead (non-negative, summing to one); then no data is needed.
     max_elements : int
@@ -253,9 +345,32 @@ def stack(posteriors: Mapping[str, Posterior] | Sequence[Posterior], X_val: Any 
         Before anything is compiled: no fits, fits on different feature counts or outputs,
         weights not summing to one or negative, missing data, mismatched rows.
 
+    Warns
+    -----
+    ConvergenceWarning
+        PSIS-LOO weights (``X=``, ``y=`` without `cv`) when some fit's Pareto k exceeds 0.7:
+        its LOO densities, hence the weights, are unreliable.
+
+    Notes
+    -----
+    Which densities to weight by:
+
+    * **PSIS-LOO** (``X=, y=``): no refit and no extra rows, but trustworthy only when every
+      member has many posterior draws (NUTS: hundreds) and all Pareto k <= 0.7
+      (``info["max_pareto_k"]``; a warning says otherwise). A deep ensemble of a few members
+      gives a handful of draws, k = inf, and weights that can lose to the best single fit.
+    * **cross-validation** (``X=, y=, cv=5, key=``): any fit (MAP and ensembles included),
+      no extra rows; costs ``cv`` refits of every member. The weights describe fits on
+      ``(cv - 1) / cv`` of the rows, applied to full-data fits (slightly pessimistic for
+      the more flexible members).
+    * **held-out rows** (``X_val, y_val``): any fit, no refit, but rows kept out of every
+      member's training; with few validation rows the weights can overfit them (a
+      ``concentration`` of 2 shrinks them toward uniform).
+
     Examples
     --------
     >>> stacked = bm.stack({"K=1": post1, "K=5": post5}, X_val, y_val)  # doctest: +SKIP
+    >>> stacked = bm.stack(fits, X=X, y=y, cv=5, key=jax.random.key(0))  # doctest: +SKIP
     >>> stacked.predictive(X_test).log_prob(y_test)  # doctest: +SKIP
     """
     names, members = _as_members(posteriors)
@@ -263,10 +378,17 @@ def stack(posteriors: Mapping[str, Posterior] | Sequence[Posterior], X_val: Any 
     method = check_choice(method, "method", METHODS)
     max_elements = check_positive_int(max_elements, "max_elements")
     first = members[0]
+    if (isinstance(concentration, bool) or not isinstance(concentration, (int, float))
+            or not np.isfinite(concentration) or concentration < 1):
+        raise ValueError(f"`concentration` must be a finite number >= 1 (1 = no prior on the "
+                         f"weights), e.g. 2.0; got {concentration!r}.")
     if weights is not None:
         if X_val is not None or y_val is not None or X is not None or y is not None:
             raise ValueError("Pass either fixed `weights` or data to compute them from "
                              "(X_val, y_val or X, y), not both.")
+        if cv is not None:
+            raise ValueError("Pass either fixed `weights` or `cv` (weights from "
+                             "cross-validation), not both.")
         return StackedPosterior(members=members, names=names,
                                 weights=_check_weights(weights, len(members)),
                                 info={"method": "fixed", "source": "given"})
@@ -279,30 +401,59 @@ def stack(posteriors: Mapping[str, Posterior] | Sequence[Posterior], X_val: Any 
         raise ValueError("stack needs data to weight the fits: held-out rows X_val, y_val, "
                          "or the training data X=, y= for PSIS-LOO, or fixed weights=.")
     held_out = X_val is not None
+    if cv is not None and (held_out or X is None):
+        raise ValueError("`cv` cross-validates on the training data: pass X=, y= (the rows "
+                         "the fits were trained on), not X_val, y_val.")
     data_X, data_y = (X_val, y_val) if held_out else (X, y)
     label = ("X_val", "y_val") if held_out else ("X", "y")
     X_host = as_features(data_X, label[0], num_features=first.num_features)
     y_host = as_targets(data_y, label[1], num_outputs=first.num_outputs)
     check_same_rows(X_host, y_host, *label)
-    info: dict[str, Any] = {"method": method, "source": "held-out" if held_out else "loo",
+    options = (None if cv is None else
+               _check_cv(cv, key, X_host.shape[0], names, members, fit_options))
+    if cv is None and fit_options is not None:
+        raise ValueError("`fit_options` are the refit options of `cv`; pass cv= too, or "
+                         "leave fit_options out.")
+    source = "held-out" if held_out else ("cv" if cv is not None else "loo")
+    info: dict[str, Any] = {"method": method, "source": source,
                             "num_points": int(X_host.shape[0])}
+    if cv is not None:
+        info["cv"] = int(cv)
+    if concentration != 1:
+        info["concentration"] = float(concentration)
     if len(members) == 1:
         info["elpd_per_point"] = {}
         return StackedPosterior(members=members, names=names, weights=np.ones(1), info=info)
-    columns = []
     pareto = {}
-    for name, member in zip(names, members, strict=True):
-        if held_out:
-            columns.append(member.predictive(X_host, max_elements=max_elements).log_prob(y_host))
-        else:
-            values, pareto[name] = _loo_log_density(member, X_host, y_host, name, max_elements)
-            columns.append(values)
-    log_density = np.stack(columns, axis=1)
+    if options is not None:
+        log_density = _cv_log_density(names, members, X_host, y_host, int(cv), key, options,
+                                      max_elements)
+        columns = list(log_density.T)
+    else:
+        columns = []
+        for name, member in zip(names, members, strict=True):
+            if held_out:
+                columns.append(member.predictive(X_host, max_elements=max_elements)
+                               .log_prob(y_host))
+            else:
+                values, pareto[name] = _loo_log_density(member, X_host, y_host, name,
+                                                        max_elements)
+                columns.append(values)
+        log_density = np.stack(columns, axis=1)
     info["elpd_per_point"] = {name: float(np.mean(column))
                               for name, column in zip(names, columns, strict=True)}
     if pareto:
         info["max_pareto_k"] = pareto
-    found = stacking_weights(log_density, method)
+        bad = {name: k for name, k in pareto.items() if not k <= MAX_PARETO_K}
+        if bad:
+            listed = ", ".join(f"{name!r}: {k:.2f}" for name, k in bad.items())
+            warnings.warn(
+                f"PSIS-LOO is unreliable for some fits (Pareto k > {MAX_PARETO_K}: {listed}), "
+                "so the stacking weights are too. Fits with few posterior draws (e.g. small "
+                "ensembles) cause this: weight by cross-validation instead (stack(..., X=X, "
+                "y=y, cv=5, key=...)), by held-out rows (X_val, y_val), or refit with more "
+                "draws (method='nuts').", ConvergenceWarning, stacklevel=2)
+    found = stacking_weights(log_density, method, concentration=concentration)
     info["objective"] = float(np.mean(logsumexp(log_density + np.log(found + 1e-300), axis=1)))
     return StackedPosterior(members=members, names=names, weights=found, info=info)
 
@@ -323,8 +474,9 @@ class StackedPosterior:
     weights : numpy.ndarray, shape (M,)
         Non-negative, summing to one (read-only).
     info : mapping of str to Any
-        JSON-serialisable facts: ``method``, ``source`` (``"loo"``, ``"held-out"`` or
-        ``"given"``), ``num_points``, ``elpd_per_point`` (per fit), ``max_pareto_k``.
+        JSON-serialisable facts: ``method``, ``source`` (``"loo"``, ``"cv"``, ``"held-out"``
+        or ``"given"``), ``num_points``, ``elpd_per_point`` (per fit), ``max_pareto_k``
+        (LOO), ``cv`` (folds), ``concentration`` (when not 1).
     """
 
     members: tuple[Posterior, ...]
