@@ -63,7 +63,9 @@ from bayes_mdn.predictive.grids import hdr_on_grid, modes_on_grid
 __all__ = ["FORMAT_NAME", "StackedPosterior", "StackedPredictive", "load_stacked", "stack",
            "stacking_weights"]
 
+#: The ``format`` recorded in a saved stacked fit (how :func:`bayes_mdn.load` tells it apart).
 FORMAT_NAME = "bayes_mdn.stacked"
+#: Version of that format written by this release.
 FORMAT_VERSION = 1
 METHODS = ("stacking", "pseudo-bma")
 #: Tolerance on ``sum(weights) == 1``.
