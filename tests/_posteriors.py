@@ -4,6 +4,7 @@ on the import path through ``tests/conftest.py``)."""
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 
 import numpy as np
@@ -104,3 +105,32 @@ def constant_normal_posterior(loc: float, scale: float, *, num_features: int = 1
     identity = Standardizer(np.zeros(P), np.ones(P), np.zeros(D), np.ones(D))
     return bm.Posterior(model=model, method="ensemble" if S > 1 else "map", draws=draws,
                         standardizer=identity)
+
+
+#: Hidden width of :func:`wide_feature_posterior`'s Flax feature network.
+WIDE_FEATURES = 512
+
+
+@functools.cache
+def _wide_features_class() -> type:
+    import flax.linen as nn  # flax comes with the test extra; imported only when used
+
+    class WideFeatures(nn.Module):
+        """A Flax feature network whose hidden layer (512) is far wider than K x D (2)."""
+
+        @nn.compact
+        def __call__(self, x):
+            return nn.Dense(3)(nn.tanh(nn.Dense(WIDE_FEATURES)(x)))
+
+    return WideFeatures
+
+
+def wide_feature_posterior(num_draws: int) -> bm.Posterior:
+    """An SVI-kind posterior of a K = 2 MDN on a 512-wide Flax feature network (random
+    draws): the case where counting only K x D would break the memory budget."""
+    model = bm.MDN(num_components=2, hidden_sizes=(), network=_wide_features_class()())
+    rng = np.random.default_rng(0)
+    draws = {name: (0.3 * rng.normal(size=(1, num_draws, *shape))).astype(np.float32)
+             for name, shape in model.latent_shapes(1, 1).items()}
+    standardizer = Standardizer(np.zeros(1), np.ones(1), np.zeros(1), np.ones(1))
+    return bm.Posterior(model=model, method="svi", draws=draws, standardizer=standardizer)

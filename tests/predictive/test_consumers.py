@@ -6,12 +6,17 @@ from __future__ import annotations
 
 import dataclasses
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from _posteriors import exact_posterior, head_bias_posterior, random_posterior
+from _posteriors import (
+    WIDE_FEATURES,
+    exact_posterior,
+    head_bias_posterior,
+    random_posterior,
+    wide_feature_posterior,
+)
 from scipy import stats
 from scipy.special import logsumexp
 
@@ -21,27 +26,9 @@ from bayes_mdn.calibration import IdentityMap
 from bayes_mdn.inference import _data
 from bayes_mdn.predictive import PredictiveMixture, _compress, _kernels
 from bayes_mdn.predictive.per_draw import log_prob_per_draw, sample_per_draw
-from bayes_mdn.scaling import Standardizer
 
 BUDGET = predictive.DEFAULT_MAX_ELEMENTS
-WIDE = 512
-
-
-class WideFeatures(nn.Module):
-    """A Flax feature network whose hidden layer (512) is far wider than K x D (2)."""
-
-    @nn.compact
-    def __call__(self, x):
-        return nn.Dense(3)(nn.tanh(nn.Dense(WIDE)(x)))
-
-
-def _wide_posterior(num_draws: int) -> bm.Posterior:
-    model = bm.MDN(num_components=2, hidden_sizes=(), network=WideFeatures())
-    rng = np.random.default_rng(0)
-    draws = {name: (0.3 * rng.normal(size=(1, num_draws, *shape))).astype(np.float32)
-             for name, shape in model.latent_shapes(1, 1).items()}
-    standardizer = Standardizer(np.zeros(1), np.ones(1), np.zeros(1), np.ones(1))
-    return bm.Posterior(model=model, method="svi", draws=draws, standardizer=standardizer)
+WIDE = WIDE_FEATURES
 
 
 def _temp_bytes(lowered) -> int:
@@ -177,7 +164,7 @@ def test_per_draw_queries_refuse_a_transformed_predictive_or_a_posterior():
 # used the evaluator, each counted K x D = 2 values per (input, draw) (or the built-in hidden
 # layers only) and so planned 256 times too many pairs for the 512-wide layer.
 def test_arviz_per_draw_queries_stay_within_a_few_budgets_with_a_wide_flax_network():
-    posterior = _wide_posterior(200)
+    posterior = wide_feature_posterior(200)
     pred = _arviz._predictive(posterior, np.zeros((20_000, 1)), BUDGET)
     input_chunk, draw_chunk = pred._chunk_plan()
     assert input_chunk * draw_chunk * WIDE <= BUDGET
@@ -188,13 +175,13 @@ def test_arviz_per_draw_queries_stay_within_a_few_budgets_with_a_wide_flax_netwo
                        ) <= 6 * 4 * BUDGET
     # ... and the adapter's results are the predictive's per-draw queries.
     X, y = np.linspace(-1, 1, 7)[:, None], np.linspace(-2, 2, 7)
-    small = _wide_posterior(3)
+    small = wide_feature_posterior(3)
     np.testing.assert_allclose(_arviz.log_likelihood(small, X, y)[0],
                                log_prob_per_draw(small.predictive(X), y), rtol=1e-6)
 
 
 def test_function_space_draws_stay_within_a_few_budgets_with_a_wide_flax_network():
-    posterior = _wide_posterior(2000)
+    posterior = wide_feature_posterior(2000)
     draws = posterior.prediction_draws()
     num_inputs = diagnostics.REFERENCE_POINTS
     levels = diagnostics.QUANTILE_LEVELS
@@ -210,7 +197,7 @@ def test_function_space_draws_stay_within_a_few_budgets_with_a_wide_flax_network
 
 
 def test_fit_time_scores_run_in_the_evaluator_within_the_budget(monkeypatch):
-    posterior = _wide_posterior(256)
+    posterior = wide_feature_posterior(256)
     X = np.linspace(-2, 2, 3000)[:, None].astype(np.float32)
     y = np.sin(X).astype(np.float32)
     plans = []

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from _posteriors import random_posterior
+from _posteriors import WIDE_FEATURES, random_posterior, wide_feature_posterior
 
 import bayes_mdn as bm
 from bayes_mdn import predictive
@@ -16,28 +15,11 @@ from bayes_mdn.predictive._evaluator import DRAW_MAJOR_MIN_INPUTS, network_width
 from bayes_mdn.scaling import Standardizer
 
 BUDGET = predictive.DEFAULT_MAX_ELEMENTS
-WIDE = 512
-
-
-class WideFeatures(nn.Module):
-    """A Flax feature network whose hidden layer (512) is far wider than K x D (2)."""
-
-    @nn.compact
-    def __call__(self, x):
-        return nn.Dense(3)(nn.tanh(nn.Dense(WIDE)(x)))
-
-
-def _wide_posterior(num_draws: int) -> bm.Posterior:
-    model = bm.MDN(num_components=2, hidden_sizes=(), network=WideFeatures())
-    rng = np.random.default_rng(0)
-    draws = {name: (0.3 * rng.normal(size=(1, num_draws, *shape))).astype(np.float32)
-             for name, shape in model.latent_shapes(1, 1).items()}
-    standardizer = Standardizer(np.zeros(1), np.ones(1), np.zeros(1), np.ones(1))
-    return bm.Posterior(model=model, method="svi", draws=draws, standardizer=standardizer)
+WIDE = WIDE_FEATURES
 
 
 def test_memory_model_counts_a_flax_feature_networks_widths():
-    pred = _wide_posterior(100).predictive(np.zeros((10**5, 1)))
+    pred = wide_feature_posterior(100).predictive(np.zeros((10**5, 1)))
     assert network_width(pred.model, pred.draws, 1, 1) == WIDE
     # Every layout's plan keeps (inputs x draws) x the widest layer within the budget.
     input_chunk, draw_chunk = pred._chunk_plan()
@@ -51,7 +33,7 @@ def test_compiled_kernel_with_a_wide_flax_network_stays_within_a_few_budgets(lay
     # XLA's own accounting of the scratch memory of one log_prob call at the planned chunk
     # shapes (compiled, not run). Counting only K x D = 2 terms per pair, as before the memory
     # model read the feature network, planned 4096 inputs x 100 draws: 512 x that = 800 MB.
-    pred = _wide_posterior(100).predictive(np.zeros((10**5, 1)))
+    pred = wide_feature_posterior(100).predictive(np.zeros((10**5, 1)))
     _, input_chunk, draw_chunk = plan_chunks(pred.num_inputs, pred.num_draws, pred._per_draw(),
                                              pred.max_elements, layout=layout)
     kernel = _reductions.log_prob_kernel if layout == "draw" else _kernels._log_prob_kernel
