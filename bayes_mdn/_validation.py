@@ -281,6 +281,16 @@ def check_positive_int(value: Any, name: str, *, minimum: int = 1) -> int:
     return int(value)
 
 
+def check_levels(q: Any) -> np.ndarray:
+    """Probability levels (Q,) float64 from a scalar or 1-D array, each strictly in (0, 1)."""
+    levels = np.atleast_1d(np.asarray(q, dtype=np.float64))
+    if levels.ndim != 1 or levels.size == 0:
+        raise ValueError(f"`q` must be a scalar or a 1-D array of probabilities; got {q!r}.")
+    if not np.all((levels > 0) & (levels < 1)):
+        raise ValueError(f"`q` must lie strictly between 0 and 1; got {levels.tolist()}.")
+    return levels
+
+
 def check_positive_float(value: Any, name: str, *, allow_zero: bool = False) -> float:
     """Validate a finite positive (or non-negative) real number."""
     if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):

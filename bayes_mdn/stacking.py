@@ -51,6 +51,7 @@ from bayes_mdn._validation import (
     as_targets,
     check_choice,
     check_key,
+    check_levels,
     check_positive_int,
     check_same_rows,
 )
@@ -731,11 +732,7 @@ class StackedPredictive:
         -------
         numpy.ndarray, shape (Q, N, D), float64
         """
-        levels = np.atleast_1d(np.asarray(q, dtype=np.float64))
-        if levels.ndim != 1 or levels.size == 0:
-            raise ValueError(f"`q` must be a scalar or a 1-D array of probabilities; got {q!r}.")
-        if not np.all((levels > 0) & (levels < 1)):
-            raise ValueError(f"`q` must lie strictly between 0 and 1; got {levels.tolist()}.")
+        levels = check_levels(q)
         num_iterations = 40 if num_iterations is None else check_positive_int(
             num_iterations, "num_iterations")
         member_quantiles = np.stack([pred.quantiles(levels) for pred in self.predictives])

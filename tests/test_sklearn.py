@@ -4,19 +4,18 @@ every error (before anything is compiled)."""
 
 from __future__ import annotations
 
-import contextlib
 import importlib
 import pickle
 import sys
 from pathlib import Path
 
-import jax
 import numpy as np
 import pytest
 
 pytest.importorskip("sklearn")
 pd = pytest.importorskip("pandas")
 
+from _compilation import no_compilation  # noqa: E402
 from sklearn.base import clone  # noqa: E402
 from sklearn.compose import make_column_transformer  # noqa: E402
 from sklearn.model_selection import GridSearchCV, KFold, cross_val_score  # noqa: E402
@@ -200,27 +199,6 @@ def test_prior_options(data):
 
 
 # --------------------------------------------------------------------------- errors
-@contextlib.contextmanager
-def no_compilation():
-    compiled = []
-
-    def listen(event: str, duration: float, **kwargs) -> None:
-        if event == "/jax/core/compile/backend_compile_duration":
-            compiled.append(kwargs.get("fun_name"))
-
-    jax.monitoring.register_event_duration_secs_listener(listen)
-    try:
-        yield
-    finally:
-        unregister = getattr(jax.monitoring, "unregister_event_duration_listener", None)
-        if unregister is None:  # older jax
-            from jax._src import monitoring
-
-            unregister = monitoring._unregister_event_duration_listener_by_callback
-        unregister(listen)
-    assert compiled == []
-
-
 def test_bad_input_fails_before_compilation(data):
     X, y = data
     frame = pd.DataFrame({"a": X[:, 0], "colour": np.where(X[:, 1] > 0, "red", "blue")})

@@ -8,11 +8,10 @@ a known two-component mixture.
 
 from __future__ import annotations
 
-import contextlib
-
 import jax
 import numpy as np
 import pytest
+from _compilation import no_compilation
 from _posteriors import constant_normal_posterior as normal_posterior
 from scipy import integrate, optimize, stats
 
@@ -50,28 +49,6 @@ def stacked(members):
 @pytest.fixture(scope="module")
 def pred(stacked):
     return stacked.predictive(np.zeros((NUM_INPUTS, 1)))
-
-
-@contextlib.contextmanager
-def no_compilation():
-    """Fail if JAX compiles anything inside the block."""
-    compiled = []
-
-    def listen(event: str, duration: float, **kwargs) -> None:
-        if event == "/jax/core/compile/backend_compile_duration":
-            compiled.append(kwargs.get("fun_name"))
-
-    jax.monitoring.register_event_duration_secs_listener(listen)
-    try:
-        yield
-    finally:
-        unregister = getattr(jax.monitoring, "unregister_event_duration_listener", None)
-        if unregister is None:  # older jax
-            from jax._src import monitoring
-
-            unregister = monitoring._unregister_event_duration_listener_by_callback
-        unregister(listen)
-    assert compiled == []
 
 
 # --------------------------------------------------------------------------- queries

@@ -35,7 +35,7 @@ import jax
 import numpy as np
 
 from bayes_mdn._progress import progress_bar
-from bayes_mdn._validation import check_choice, check_key, check_positive_int
+from bayes_mdn._validation import check_choice, check_key, check_levels, check_positive_int
 from bayes_mdn.calibration._grid import (
     JOINT_REASON,
     cdf_on_grid,
@@ -69,15 +69,6 @@ _NOT_A_MIXTURE = ("a recalibrated predictive has cdf R(F(y)) and is no longer a 
                   "posterior draws. Call it on the posterior without recalibration "
                   "(Posterior.recalibration = None: dataclasses.replace(post, "
                   "recalibration=None)).")
-
-
-def _check_probabilities(q: Any) -> np.ndarray:
-    levels = np.atleast_1d(np.asarray(q, dtype=np.float64))
-    if levels.ndim != 1 or levels.size == 0:
-        raise ValueError(f"`q` must be a scalar or a 1-D array of probabilities; got {q!r}.")
-    if not np.all((levels > 0) & (levels < 1)):
-        raise ValueError(f"`q` must lie strictly between 0 and 1; got {levels.tolist()}.")
-    return levels
 
 
 @dataclass(frozen=True, eq=False)
@@ -157,7 +148,7 @@ class RecalibratedPredictive(PredictiveMixture):
     # ----------------------------------------------------------------- quantiles, samples
     def quantiles(self, q: Any, *, num_iterations: int | None = None) -> np.ndarray:
         """``F^-1(R^-1(q))``, (Q, M, 1) float64."""
-        levels = _check_probabilities(q)
+        levels = check_levels(q)
         return self.base.quantiles(self._inner_levels(levels), num_iterations=num_iterations)
 
     def _inner_levels(self, levels: np.ndarray) -> np.ndarray:

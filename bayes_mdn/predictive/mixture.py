@@ -42,7 +42,13 @@ from typing import TYPE_CHECKING, Any
 import jax
 import numpy as np
 
-from bayes_mdn._validation import as_targets, check_choice, check_key, check_positive_int
+from bayes_mdn._validation import (
+    as_targets,
+    check_choice,
+    check_key,
+    check_levels,
+    check_positive_int,
+)
 from bayes_mdn.families import inverse_softplus
 from bayes_mdn.predictive import _compress, _crps, _quantiles, _reductions
 from bayes_mdn.predictive._chunks import _chunk_sizes, _map_chunks
@@ -521,13 +527,7 @@ class PredictiveMixture:
         -------
         numpy.ndarray, shape (Q, M, D), float64
         """
-        levels = np.atleast_1d(np.asarray(q, dtype=np.float64))
-        if levels.ndim != 1 or levels.size == 0:
-            raise ValueError(f"`q` must be a scalar or a 1-D array of probabilities; got {q!r}.")
-        if not np.all((levels > 0) & (levels < 1)):
-            raise ValueError(
-                f"`q` must lie strictly between 0 and 1; got {levels.tolist()}."
-            )
+        levels = check_levels(q)
         if num_iterations is not None:
             num_iterations = check_positive_int(num_iterations, "num_iterations")
         return self._to_original(self._standardised_quantiles(levels, num_iterations))
