@@ -13,7 +13,10 @@ The densities ``p_m(y_n | x_n)`` come from one of three sources (see :func:`stac
 leave-one-out estimates on the training data (PSIS-LOO, as :func:`bayes_mdn.compare`
 computes them; free, but needs fits with many posterior draws), out-of-fold densities of
 K-fold refits on the training data (``cv=5``: any fit, costs ``cv`` refits of each member),
-or plain predictive densities on held-out validation rows (any fit; costs the rows).
+or plain predictive densities on held-out validation rows (any fit; costs the rows). On the
+training data the default, ``cv="auto"``, chooses per fit: PSIS-LOO where it is reliable
+(at least :data:`MIN_LOO_DRAWS` draws and every Pareto k <= 0.7), 5-fold refits for the
+other fits (the same folds for all), recorded in ``info["estimate"]``.
 
 The result, :class:`StackedPosterior`, is immutable; its :meth:`~StackedPosterior.predictive`
 is a :class:`StackedPredictive`, the mixture ``sum_m w_m p_m(y | x)`` of the members'
@@ -55,20 +58,25 @@ from bayes_mdn._validation import (
     check_positive_int,
     check_same_rows,
 )
+from bayes_mdn.calibration.loo import MIN_LOO_DRAWS
 from bayes_mdn.diagnostics import MAX_PARETO_K, ConvergenceWarning
 from bayes_mdn.io import LOADERS, load
 from bayes_mdn.posterior import Posterior
 from bayes_mdn.predictive import DEFAULT_MAX_ELEMENTS, PredictiveMixture
 from bayes_mdn.predictive.grids import hdr_on_grid, modes_on_grid
 
-__all__ = ["FORMAT_NAME", "StackedPosterior", "StackedPredictive", "load_stacked", "stack",
-           "stacking_weights"]
+__all__ = ["AUTO_FOLDS", "FORMAT_NAME", "MAX_PARETO_K", "MIN_LOO_DRAWS", "StackedPosterior",
+           "StackedPredictive", "load_stacked", "stack", "stacking_weights"]
 
 #: The ``format`` recorded in a saved stacked fit (how :func:`bayes_mdn.load` tells it apart).
 FORMAT_NAME = "bayes_mdn.stacked"
 #: Version of that format written by this release.
 FORMAT_VERSION = 1
 METHODS = ("stacking", "pseudo-bma")
+#: Folds of the refits that ``cv="auto"`` makes for fits whose PSIS-LOO is unreliable.
+AUTO_FOLDS = 5
+#: The string values of ``stack(cv=...)``: per-fit choice, or PSIS-LOO for every fit.
+CV_CHOICES = ("auto", "loo")
 #: Tolerance on ``sum(weights) == 1``.
 WEIGHT_TOLERANCE = 1e-6
 _METADATA = "metadata.json"
@@ -173,22 +181,14 @@ def _loo_log_density(posterior: Posterior, X: np.ndarray, y: np.ndarray, name: s
             float(np.max(np.asarray(result.pareto_k))))
 
 
-def _check_cv(cv: Any, key: Any, num_rows: int, names: Sequence[str],
-              members: Sequence[Posterior], fit_options: Any) -> dict[str, dict[str, Any]]:
-    """Validate the cv arguments (before any fit); the refit options by member name."""
-    from bayes_mdn.calibration.recalibrated import _default_fit_options
-    from bayes_mdn.inference import METHODS as FIT_METHODS
-
+def _check_folds(cv: Any) -> int:
     if isinstance(cv, bool) or not isinstance(cv, (int, np.integer)) or cv < 2:
-        raise ValueError(f"`cv` must be an integer >= 2 (the number of folds), e.g. 5; got "
-                         f"{cv!r}.")
-    if key is None:
-        raise TypeError("stack(cv=...) refits every fit on folds and needs `key`, e.g. "
-                        "key=jax.random.key(0).")
-    check_key(key)
-    if num_rows < 2 * int(cv):
-        raise ValueError(f"stack(cv={cv}) needs at least {2 * int(cv)} rows (two per fold); "
-                         f"got {num_rows}. Use fewer folds.")
+        raise ValueError(f"`cv` must be an integer >= 2 (the number of folds), \"auto\" or "
+                         f"\"loo\", e.g. 5; got {cv!r}.")
+    return int(cv)
+
+
+def _check_fit_options(fit_options: Any, names: Sequence[str]) -> None:
     if fit_options is not None and not isinstance(fit_options, Mapping):
         raise TypeError("`fit_options` must be a dict of fit name -> dict of MDN.fit options, "
                         f"e.g. {{'K=5': {{'num_steps': 2000}}}}; got {type(fit_options).__name__}.")
@@ -196,40 +196,95 @@ def _check_cv(cv: Any, key: Any, num_rows: int, names: Sequence[str],
     if unknown:
         raise ValueError(f"`fit_options` names fits that are not stacked: {unknown}; the fits "
                          f"are {list(names)}.")
+    for name, given in (fit_options or {}).items():
+        if not isinstance(given, Mapping):
+            raise TypeError(f"`fit_options[{name!r}]` must be a dict of MDN.fit options; got "
+                            f"{type(given).__name__}.")
+
+
+def _refit_options(member: Posterior, given: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The options that refit `member`'s recipe: `given`, else those its ``info`` records.
+
+    A NUTS fit started from another fit records only that fit's method as ``init`` (e.g.
+    ``"ensemble"``); its refits start from ``init="auto"`` (one MAP fit per chain) instead.
+    """
+    from bayes_mdn.calibration.recalibrated import _default_fit_options
+
+    if given is not None:
+        return dict(given)
+    options = dict(_default_fit_options(member))
+    if isinstance(options.get("init"), str) and options["init"] != "auto":
+        options["init"] = "auto"
+    return options
+
+
+def _check_refits(cv: int, key: Any, num_rows: int, names: Sequence[str],
+                  members: Sequence[Posterior], fit_options: Any, why: str,
+                  advice: str = "") -> dict[str, dict[str, Any]]:
+    """Validate what refitting `members` on `cv` folds needs (before any fit); the refit
+    options by member name. `why` names the call in the messages; `advice` ends the
+    missing-key one."""
+    from bayes_mdn.inference import METHODS as FIT_METHODS
+
+    if key is None:
+        raise TypeError(f"{why} needs `key` to refit {', '.join(repr(n) for n in names)} on "
+                        f"{cv} folds, e.g. key=jax.random.key(0).{advice}")
+    check_key(key)
+    if num_rows < 2 * cv:
+        raise ValueError(f"{why} refits on {cv} folds and needs at least {2 * cv} rows (two "
+                         f"per fold); got {num_rows}. Use fewer folds.")
     options = {}
     for name, member in zip(names, members, strict=True):
         if member.method not in FIT_METHODS:
-            raise ValueError(f"stack(cv=...) refits each fit with its own method, but "
-                             f"{name!r} has method {member.method!r}, which MDN.fit does not "
-                             f"know ({sorted(FIT_METHODS)}). Use held-out rows X_val, y_val.")
-        given = (fit_options or {}).get(name)
-        if given is not None and not isinstance(given, Mapping):
-            raise TypeError(f"`fit_options[{name!r}]` must be a dict of MDN.fit options; got "
-                            f"{type(given).__name__}.")
-        options[name] = dict(_default_fit_options(member) if given is None else given)
+            raise ValueError(f"{why} refits each fit with its own method, but {name!r} has "
+                             f"method {member.method!r}, which MDN.fit does not know "
+                             f"({sorted(FIT_METHODS)}). Use held-out rows X_val, y_val.")
+        options[name] = _refit_options(member, (fit_options or {}).get(name))
     return options
+
+
+_AUTO_ADVICE = (" Or weigh by held-out rows (X_val, y_val), or take the unreliable PSIS-LOO "
+                "anyway with cv=\"loo\".")
 
 
 def _cv_log_density(names: Sequence[str], members: Sequence[Posterior], X: np.ndarray,
                     y: np.ndarray, cv: int, key: jax.Array, options: Mapping[str, dict],
-                    max_elements: int) -> np.ndarray:
-    """Out-of-fold log predictive densities (N, M): row n scored by each member's recipe
-    refitted without n's fold. The same folds for every member."""
+                    max_elements: int, indices: Sequence[int] | None = None) -> np.ndarray:
+    """Out-of-fold log predictive densities (N, len(indices)): row n scored by each member's
+    recipe refitted without n's fold. The same folds for every member.
+
+    `indices` (default all) picks the members to refit; the folds and each member's refit
+    keys are those of refitting all of `members` (``jax.random.split`` of `key` into
+    ``cv * M + 1``: the first orders the rows), so a subset gets exactly the columns of the
+    full run. `options` holds an entry for each picked member's name.
+    """
+    indices = list(range(len(members)) if indices is None else indices)
     split_key, *fit_keys = jax.random.split(key, cv * len(members) + 1)
     order = np.asarray(jax.random.permutation(split_key, X.shape[0]))
     folds = np.array_split(order, cv)
-    log_density = np.empty((X.shape[0], len(members)))
-    with progress_bar(cv * len(members), desc="stack: cross-validating") as bar:
+    log_density = np.empty((X.shape[0], len(indices)))
+    with progress_bar(cv * len(indices), desc="stack: cross-validating") as bar:
         for fold, held in enumerate(folds):
             train = np.setdiff1d(order, held)
-            for index, (name, member) in enumerate(zip(names, members, strict=True)):
-                refit = member.model.fit(X[train], y[train], key=fit_keys[fold * len(members)
-                                                                          + index],
+            for column, index in enumerate(indices):
+                name, member = names[index], members[index]
+                refit = member.model.fit(X[train], y[train],
+                                         key=fit_keys[fold * len(members) + index],
                                          method=member.method, **options[name])
                 pred = refit.predictive(X[held], max_elements=max_elements)
-                log_density[held, index] = np.asarray(pred.log_prob(y[held]), np.float64)
+                log_density[held, column] = np.asarray(pred.log_prob(y[held]), np.float64)
                 bar.update(1)
     return log_density
+
+
+def _loo_reliability(member: Posterior, max_pareto_k: float | None) -> str | None:
+    """Why `member`'s PSIS-LOO is unreliable (None when it is reliable)."""
+    draws = member.num_chains * member.num_draws
+    if draws < MIN_LOO_DRAWS:
+        return f"{draws} draws < {MIN_LOO_DRAWS}"
+    if max_pareto_k is not None and not max_pareto_k <= MAX_PARETO_K:
+        return f"max Pareto k {max_pareto_k:.2f} > {MAX_PARETO_K}"
+    return None
 
 
 def _as_members(posteriors: Any) -> tuple[tuple[str, ...], tuple[Posterior, ...]]:
@@ -298,7 +353,7 @@ def _check_weights(weights: Any, num_members: int) -> np.ndarray:
 
 def stack(posteriors: Mapping[str, Posterior] | Sequence[Posterior], X_val: Any = None,
           y_val: Any = None, method: str = "stacking", *, X: Any = None, y: Any = None,
-          cv: int | None = None, key: jax.Array | None = None,
+          cv: int | str | None = None, key: jax.Array | None = None,
           fit_options: Mapping[str, Mapping[str, Any]] | None = None,
           concentration: float = 1.0, weights: Any = None,
           max_elements: int = DEFAULT_MAX_ELEMENTS) -> StackedPosterior:
@@ -315,19 +370,30 @@ def stack(posteriors: Mapping[str, Posterior] | Sequence[Posterior], X_val: Any 
     method : {"stacking", "pseudo-bma"}
         How densities become weights; see :func:`stacking_weights`.
     X, y : array-like, shapes (N, P) and (N,) or (N, D), optional
-        The training data of the fits, for weights from PSIS-LOO (as :func:`bayes_mdn.compare`
-        computes it) or, with `cv`, from K-fold refits, when no held-out rows are given.
-    cv : int, optional
-        With `X`, `y`: weights from ``cv``-fold cross-validation instead of PSIS-LOO. Each
-        member's recipe (its model, ``method`` and the fit options recorded in its ``info``,
-        e.g. ``num_steps``, ``num_members``, ``num_samples``) is refitted ``cv`` times, each
-        time without one fold (the same folds for every member); the out-of-fold log
-        densities give the weights, which are applied to the full-data fits. Needs `key`.
+        The training data of the fits, for weights from out-of-sample densities on it
+        (see `cv`), when no held-out rows are given.
+    cv : {"auto", "loo"} or int, optional
+        With `X`, `y`: which out-of-sample densities of the training rows weigh the fits.
+
+        * ``"auto"`` (the default with `X`, `y`): per fit, PSIS-LOO where it is reliable
+          (at least :data:`MIN_LOO_DRAWS` = 50 posterior draws and every Pareto k <=
+          :data:`MAX_PARETO_K` = 0.7), otherwise :data:`AUTO_FOLDS`-fold refits as for an
+          integer `cv` (the same folds for every refitted fit). Needs `key` only when some
+          fit is refitted. ``info["estimate"]`` says which fit got which.
+        * ``"loo"``: PSIS-LOO for every fit (as :func:`bayes_mdn.compare`), however
+          unreliable (a warning says so).
+        * an integer >= 2: ``cv``-fold cross-validation for every fit. Each member's recipe
+          (its model, ``method`` and the fit options recorded in its ``info``, e.g.
+          ``num_steps``, ``num_members``, ``num_samples``) is refitted ``cv`` times, each
+          time without one fold (the same folds for every member); the out-of-fold log
+          densities give the weights, which are applied to the full-data fits. Needs `key`.
     key : jax.Array, optional
-        PRNG key of the folds and the refits (required with `cv`).
+        PRNG key of the folds and the refits (required when something is refitted).
     fit_options : dict of str to dict, optional
-        With `cv`: MDN.fit options per fit name, replacing those recovered from ``info``
-        (e.g. an ``init`` that ``info`` cannot record).
+        For refits (integer `cv`, or ``"auto"``): MDN.fit options per fit name, replacing
+        those recovered from ``info`` (e.g. fewer NUTS draws, or an ``init`` that ``info``
+        cannot record; a NUTS fit that recorded ``init="ensemble"`` is refitted with
+        ``init="auto"``, one MAP fit per chain).
     concentration : float
         A symmetric Dirichlet prior on the stacking weights (``method="stacking"``), >= 1;
         1 (default) is plain stacking; see :func:`stacking_weights`.
@@ -339,33 +405,44 @@ def stack(posteriors: Mapping[str, Posterior] | Sequence[Posterior], X_val: Any 
     Returns
     -------
     StackedPosterior
-        ``weights`` (M,), and ``info`` recording the method, the source of the densities,
-        ``num_points`` and each fit's mean log predictive density (``elpd_per_point``).
+        ``weights`` (M,), and ``info`` recording the method, the ``source`` of the densities
+        (``"held-out"``, ``"loo"``, ``"cv"``, ``"auto"`` or ``"given"``), ``num_points``,
+        each fit's mean out-of-sample log density (``elpd_per_point``), and with ``"auto"``
+        per fit the ``estimate`` used (``"loo"`` or ``"cv"``) and why
+        (``estimate_reason``); saved and loaded with the stacked fit.
 
     Raises
     ------
     ValueError, TypeError
         Before anything is compiled: no fits, fits on different feature counts or outputs,
-        weights not summing to one or negative, missing data, mismatched rows.
+        weights not summing to one or negative, missing data, mismatched rows, a bad `cv`;
+        before any refit: a fit to refit without `key` or whose method ``MDN.fit`` does not
+        know, too few rows for the folds. With ``cv="auto"`` a fit whose PSIS-LOO turns out
+        unreliable (Pareto k) is checked the same way once its k is known.
 
     Warns
     -----
     ConvergenceWarning
-        PSIS-LOO weights (``X=``, ``y=`` without `cv`) when some fit's Pareto k exceeds 0.7:
-        its LOO densities, hence the weights, are unreliable.
+        ``cv="loo"`` when some fit's Pareto k exceeds 0.7: its LOO densities, hence the
+        weights, are unreliable.
 
     Notes
     -----
     Which densities to weight by:
 
-    * **PSIS-LOO** (``X=, y=``): no refit and no extra rows, but trustworthy only when every
-      member has many posterior draws (NUTS: hundreds) and all Pareto k <= 0.7
-      (``info["max_pareto_k"]``; a warning says otherwise). A deep ensemble of a few members
-      gives a handful of draws, k = inf, and weights that can lose to the best single fit.
-    * **cross-validation** (``X=, y=, cv=5, key=``): any fit (MAP and ensembles included),
-      no extra rows; costs ``cv`` refits of every member. The weights describe fits on
-      ``(cv - 1) / cv`` of the rows, applied to full-data fits (slightly pessimistic for
-      the more flexible members).
+    * **PSIS-LOO**: no refit and no extra rows, but trustworthy only when a member has many
+      posterior draws (NUTS: hundreds) and all Pareto k <= 0.7 (``info["max_pareto_k"]``).
+      A deep ensemble of a few members gives a handful of draws, k = inf, and LOO densities
+      that are too optimistic: with ``cv="loo"`` such fits take the weight from better ones.
+    * **cross-validation** (``cv=5``): any fit (MAP and ensembles included), no extra rows;
+      costs ``cv`` refits of every member. The weights describe fits on ``(cv - 1) / cv``
+      of the rows, applied to full-data fits (slightly pessimistic for the more flexible
+      members).
+    * **per fit** (``cv="auto"``, the default on training data): LOO where it is reliable,
+      refits where it is not, so it costs refits only of the fits that need them. Mixing
+      the two puts LOO members (scored by fits on N - 1 rows) at a small advantage over
+      refitted ones (fits on 4/5 of the rows); the alternative, unreliable LOO, is far
+      worse (it can put all the weight on the wrong fit).
     * **held-out rows** (``X_val, y_val``): any fit, no refit, but rows kept out of every
       member's training; with few validation rows the weights can overfit them (a
       ``concentration`` of 2 shrinks them toward uniform).
@@ -373,7 +450,9 @@ def stack(posteriors: Mapping[str, Posterior] | Sequence[Posterior], X_val: Any 
     Examples
     --------
     >>> stacked = bm.stack({"K=1": post1, "K=5": post5}, X_val, y_val)  # doctest: +SKIP
-    >>> stacked = bm.stack(fits, X=X, y=y, cv=5, key=jax.random.key(0))  # doctest: +SKIP
+    >>> stacked = bm.stack(fits, X=X, y=y, key=jax.random.key(0))  # doctest: +SKIP
+    >>> stacked.info["estimate"]  # doctest: +SKIP
+    {'K=1': 'loo', 'K=5 ensemble': 'cv'}
     >>> stacked.predictive(X_test).log_prob(y_test)  # doctest: +SKIP
     """
     names, members = _as_members(posteriors)
@@ -385,6 +464,12 @@ def stack(posteriors: Mapping[str, Posterior] | Sequence[Posterior], X_val: Any 
             or not np.isfinite(concentration) or concentration < 1):
         raise ValueError(f"`concentration` must be a finite number >= 1 (1 = no prior on the "
                          f"weights), e.g. 2.0; got {concentration!r}.")
+    if isinstance(cv, str):
+        if cv not in CV_CHOICES:
+            raise ValueError(f"`cv` must be an integer >= 2 (the number of folds), \"auto\" or "
+                             f"\"loo\"; got {cv!r}.")
+    elif cv is not None:
+        cv = _check_folds(cv)
     if weights is not None:
         if X_val is not None or y_val is not None or X is not None or y is not None:
             raise ValueError("Pass either fixed `weights` or data to compute them from "
@@ -402,63 +487,126 @@ def stack(posteriors: Mapping[str, Posterior] | Sequence[Posterior], X_val: Any 
                          "neither.")
     if X_val is None and X is None:
         raise ValueError("stack needs data to weight the fits: held-out rows X_val, y_val, "
-                         "or the training data X=, y= for PSIS-LOO, or fixed weights=.")
+                         "or the training data X=, y= (PSIS-LOO or refits on folds), or "
+                         "fixed weights=.")
     held_out = X_val is not None
     if cv is not None and (held_out or X is None):
         raise ValueError("`cv` cross-validates on the training data: pass X=, y= (the rows "
                          "the fits were trained on), not X_val, y_val.")
+    if not held_out and cv is None:
+        cv = "auto"
     data_X, data_y = (X_val, y_val) if held_out else (X, y)
     label = ("X_val", "y_val") if held_out else ("X", "y")
     X_host = as_features(data_X, label[0], num_features=first.num_features)
     y_host = as_targets(data_y, label[1], num_outputs=first.num_outputs)
     check_same_rows(X_host, y_host, *label)
-    options = (None if cv is None else
-               _check_cv(cv, key, X_host.shape[0], names, members, fit_options))
-    if cv is None and fit_options is not None:
-        raise ValueError("`fit_options` are the refit options of `cv`; pass cv= too, or "
-                         "leave fit_options out.")
-    source = "held-out" if held_out else ("cv" if cv is not None else "loo")
-    info: dict[str, Any] = {"method": method, "source": source,
-                            "num_points": int(X_host.shape[0])}
-    if cv is not None:
-        info["cv"] = int(cv)
+    if fit_options is not None and (held_out or cv == "loo"):
+        raise ValueError("`fit_options` are the options of refits on folds (cv=5 or "
+                         "cv=\"auto\"); leave them out with held-out rows or cv=\"loo\".")
+    _check_fit_options(fit_options, names)
+    num_rows = int(X_host.shape[0])
+    if isinstance(cv, int):
+        options = _check_refits(cv, key, num_rows, names, members, fit_options,
+                                f"stack(cv={cv})")
+    elif cv == "auto":
+        # Fits with too few draws for PSIS are refitted whatever their k: check them now.
+        few = [index for index, member in enumerate(members)
+               if _loo_reliability(member, None) is not None]
+        if few and len(members) > 1:
+            if key is not None:
+                check_key(key)
+            listed = ", ".join(f"{names[i]!r}: {_loo_reliability(members[i], None)}"
+                               for i in few)
+            _check_refits(AUTO_FOLDS, key, num_rows, [names[i] for i in few],
+                          [members[i] for i in few], fit_options,
+                          f"stack(X=, y=, cv=\"auto\") (too few posterior draws for "
+                          f"PSIS-LOO: {listed})", _AUTO_ADVICE)
+    source = "held-out" if held_out else ("cv" if isinstance(cv, int) else cv)
+    info: dict[str, Any] = {"method": method, "source": source, "num_points": num_rows}
+    if isinstance(cv, int):
+        info["cv"] = cv
     if concentration != 1:
         info["concentration"] = float(concentration)
     if len(members) == 1:
         info["elpd_per_point"] = {}
         return StackedPosterior(members=members, names=names, weights=np.ones(1), info=info)
-    pareto = {}
-    if options is not None:
-        log_density = _cv_log_density(names, members, X_host, y_host, int(cv), key, options,
-                                      max_elements)
-        columns = list(log_density.T)
-    else:
+    pareto: dict[str, float] = {}
+    if held_out:
+        columns = [np.asarray(member.predictive(X_host, max_elements=max_elements)
+                              .log_prob(y_host), np.float64) for member in members]
+    elif isinstance(cv, int):
+        columns = list(_cv_log_density(names, members, X_host, y_host, cv, key, options,
+                                       max_elements).T)
+    elif cv == "loo":
         columns = []
         for name, member in zip(names, members, strict=True):
-            if held_out:
-                columns.append(member.predictive(X_host, max_elements=max_elements)
-                               .log_prob(y_host))
-            else:
-                values, pareto[name] = _loo_log_density(member, X_host, y_host, name,
-                                                        max_elements)
-                columns.append(values)
-        log_density = np.stack(columns, axis=1)
+            values, pareto[name] = _loo_log_density(member, X_host, y_host, name, max_elements)
+            columns.append(values)
+    else:
+        columns = _auto_log_density(names, members, X_host, y_host, key, fit_options,
+                                    max_elements, pareto, info)
+    log_density = np.stack(columns, axis=1)
     info["elpd_per_point"] = {name: float(np.mean(column))
                               for name, column in zip(names, columns, strict=True)}
     if pareto:
         info["max_pareto_k"] = pareto
+    if cv == "loo":
         bad = {name: k for name, k in pareto.items() if not k <= MAX_PARETO_K}
         if bad:
             listed = ", ".join(f"{name!r}: {k:.2f}" for name, k in bad.items())
             warnings.warn(
                 f"PSIS-LOO is unreliable for some fits (Pareto k > {MAX_PARETO_K}: {listed}), "
                 "so the stacking weights are too. Fits with few posterior draws (e.g. small "
-                "ensembles) cause this: weight by cross-validation instead (stack(..., X=X, "
-                "y=y, cv=5, key=...)), by held-out rows (X_val, y_val), or refit with more "
-                "draws (method='nuts').", ConvergenceWarning, stacklevel=2)
+                "ensembles) cause this: let stack choose per fit (cv=\"auto\", the default "
+                "with X=, y=, refits those fits on 5 folds; needs key=), use cv=5 for all, "
+                "held-out rows (X_val, y_val), or refit with more draws (method='nuts').",
+                ConvergenceWarning, stacklevel=2)
     found = stacking_weights(log_density, method, concentration=concentration)
     info["objective"] = float(np.mean(logsumexp(log_density + np.log(found + 1e-300), axis=1)))
     return StackedPosterior(members=members, names=names, weights=found, info=info)
+
+
+def _auto_log_density(names: Sequence[str], members: Sequence[Posterior], X: np.ndarray,
+                      y: np.ndarray, key: Any, fit_options: Any, max_elements: int,
+                      pareto: dict[str, float], info: dict[str, Any]) -> list[np.ndarray]:
+    """``cv="auto"``: each member's (N,) out-of-sample log densities, PSIS-LOO where it is
+    reliable, :data:`AUTO_FOLDS`-fold refits where not. Fills `pareto` (max k of each member
+    LOO was computed for) and ``info["estimate"]``, ``info["estimate_reason"]``,
+    ``info["cv"]`` (when something was refitted), ``info["num_draws"]``."""
+    columns: list[np.ndarray | None] = []
+    reasons: dict[str, str] = {}
+    refit: list[int] = []
+    for index, (name, member) in enumerate(zip(names, members, strict=True)):
+        reason = _loo_reliability(member, None)
+        if reason is None:
+            values, pareto[name] = _loo_log_density(member, X, y, name, max_elements)
+            reason = _loo_reliability(member, pareto[name])
+        if reason is None:
+            columns.append(values)
+            draws = member.num_chains * member.num_draws
+            reasons[name] = (f"{draws} draws, max Pareto k {pareto[name]:.2f} <= "
+                             f"{MAX_PARETO_K}")
+        else:
+            columns.append(None)
+            refit.append(index)
+            reasons[name] = reason
+    if refit:
+        unreliable = ", ".join(f"{names[i]!r} ({reasons[names[i]]})" for i in refit)
+        options = _check_refits(AUTO_FOLDS, key, X.shape[0], [names[i] for i in refit],
+                                [members[i] for i in refit], fit_options,
+                                f"stack(X=, y=, cv=\"auto\") (PSIS-LOO is unreliable for "
+                                f"{unreliable})", _AUTO_ADVICE)
+        out_of_fold = _cv_log_density(names, members, X, y, AUTO_FOLDS, key, options,
+                                      max_elements, indices=refit)
+        for column, index in enumerate(refit):
+            columns[index] = out_of_fold[:, column]
+        info["cv"] = AUTO_FOLDS
+    info["estimate"] = {name: ("cv" if index in refit else "loo")
+                        for index, name in enumerate(names)}
+    info["estimate_reason"] = reasons
+    info["num_draws"] = {name: int(member.num_chains * member.num_draws)
+                         for name, member in zip(names, members, strict=True)}
+    return [column for column in columns if column is not None]
 
 
 # --------------------------------------------------------------------------- posterior
@@ -477,9 +625,11 @@ class StackedPosterior:
     weights : numpy.ndarray, shape (M,)
         Non-negative, summing to one (read-only).
     info : mapping of str to Any
-        JSON-serialisable facts: ``method``, ``source`` (``"loo"``, ``"cv"``, ``"held-out"``
-        or ``"given"``), ``num_points``, ``elpd_per_point`` (per fit), ``max_pareto_k``
-        (LOO), ``cv`` (folds), ``concentration`` (when not 1).
+        JSON-serialisable facts: ``method``, ``source`` (``"auto"``, ``"loo"``, ``"cv"``,
+        ``"held-out"`` or ``"given"``), ``num_points``, ``elpd_per_point`` (per fit),
+        ``max_pareto_k`` (per fit whose LOO was computed), ``cv`` (folds, when something was
+        refitted), ``concentration`` (when not 1); with ``"auto"`` also ``estimate`` (per
+        fit: ``"loo"`` or ``"cv"``), ``estimate_reason`` and ``num_draws`` (per fit).
     """
 
     members: tuple[Posterior, ...]

@@ -50,7 +50,12 @@ from _common import RESULTS, write_results
 import bayes_mdn as bm
 from bayes_mdn.predictive import DEFAULT_MAX_ELEMENTS
 from bayes_mdn.priors import FanInNormal, Hierarchical
-from bayes_mdn.stacking import _check_cv, _cv_log_density, stacking_weights
+from bayes_mdn.stacking import (
+    _check_refits,
+    _cv_log_density,
+    _refit_options,
+    stacking_weights,
+)
 
 GOAL = -1.50
 NUM_TRAIN, NUM_TEST = 200, 20_000
@@ -118,7 +123,31 @@ def score(posterior, X_test, y_test) -> float:
     return float(np.mean(posterior.predictive(X_test, num_draws=draws).log_prob(y_test)))
 
 
-def run_seed(quick: bool, nuts: bool, cv: int, cache: Path | None, save) -> list[dict]:
+class SharedRefits:
+    """Out-of-fold densities of each fit, computed once and shared by every stack of the run.
+
+    Wraps ``bayes_mdn.stacking._cv_log_density`` (what ``bm.stack`` calls for ``cv=5`` and
+    ``cv="auto"``): a fit refitted once keeps its column for the next stack that refits it
+    (same key, hence the same folds; the refit keys of a fit depend on its position in the
+    first stack that refitted it)."""
+
+    def __init__(self) -> None:
+        self.columns: dict[tuple[str, int], np.ndarray] = {}
+        self.original = bm.stacking._cv_log_density
+
+    def __call__(self, names, members, X, y, cv, key, options, max_elements, indices=None):
+        indices = list(range(len(members)) if indices is None else indices)
+        missing = [i for i in indices if (names[i], cv) not in self.columns]
+        if missing:
+            found = self.original(names, members, X, y, cv, key, options, max_elements,
+                                  indices=missing)
+            for column, index in enumerate(missing):
+                self.columns[(names[index], cv)] = found[:, column]
+        return np.stack([self.columns[(names[i], cv)] for i in indices], axis=1)
+
+
+def run_seed(quick: bool, nuts: bool, cv: int, cache: Path | None, save,
+             sources=("LOO", "cv", "auto"), nuts_refit: dict | None = None) -> list[dict]:
     X, y, X_test, y_test = seed_data()
     exact = float(np.mean(bm.datasets.inverse_sine_log_prob(X_test, y_test)))
     fits = seed_fits(quick, nuts, cache)
@@ -129,38 +158,58 @@ def run_seed(quick: bool, nuts: bool, cv: int, cache: Path | None, save) -> list
     if nuts:
         groups["nuts"] = [n for n in fits if n.startswith("nuts")]
         groups["all"] = list(fits)
-    # (group, source, method): LOO for every group, then cv for the ensembles (costly).
-    plan = [(group, "LOO", method) for group in groups for method in ("stacking", "pseudo-bma")]
-    if cv:
-        plan += [("ensembles", f"cv={cv}", "stacking")]
-    densities: dict[tuple[str, str], dict] = {}
+    # Refit options: each fit's recorded recipe (bm.stack's default), NUTS ones with the
+    # `nuts_refit` overrides (e.g. fewer chains and draws).
+    fit_options = {name: _refit_options(posterior, None) | (nuts_refit or {})
+                   for name, (posterior, _) in fits.items() if posterior.method == "nuts"}
+    # (group, source, method). "auto" first: its refits are shared with the cv stacks.
+    plan = []
+    if "auto" in sources:
+        plan += [(group, "auto", method) for group in reversed(groups)
+                 for method in ("stacking", "pseudo-bma")]
+    if "LOO" in sources:
+        plan += [(group, "LOO", method) for group in groups
+                 for method in ("stacking", "pseudo-bma")]
+    if cv and "cv" in sources:
+        plan += [(group, f"cv={cv}", "stacking") for group in groups]
+    refits = SharedRefits()
+    bm.stacking._cv_log_density = refits
     for group, source, method in plan:
         names = groups[group]
         best_single = max((r for r in rows if r["model"] in names), key=lambda r: r["test_ll"])
+        members = {n: fits[n][0] for n in names}
+        options = {n: o for n, o in fit_options.items() if n in names} or None
         started = time.perf_counter()
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             if source == "LOO":
-                stacked = bm.stack({n: fits[n][0] for n in names}, X=X, y=y, method=method)
+                stacked = bm.stack(members, X=X, y=y, method=method, cv="loo")
+            elif source == "auto":
+                stacked = bm.stack(members, X=X, y=y, method=method, cv="auto",
+                                   key=jax.random.key(11), fit_options=options)
             else:
-                stacked = bm.stack({n: fits[n][0] for n in names}, X=X, y=y, method=method,
-                                   cv=cv, key=jax.random.key(11))
+                stacked = bm.stack(members, X=X, y=y, method=method, cv=cv,
+                                   key=jax.random.key(11), fit_options=options)
         weigh_s = time.perf_counter() - started
         test_ll = score(stacked, X_test, y_test)
+        pareto = stacked.info.get("max_pareto_k", {})
         rows.append({"part": "seed", "model": f"{method} of {group} ({source})",
                      "test_ll": test_ll, "weigh_s": weigh_s,
                      "best_single": best_single["model"],
                      "minus_best_single": test_ll - best_single["test_ll"],
                      "weights": {n: round(w, 4) for n, w in stacked.weight_of.items()
                                  if round(w, 4) > 0},
-                     "max_pareto_k": max(stacked.info.get("max_pareto_k", {0: None}).values()),
+                     "max_pareto_k": max(pareto.values()) if pareto else None,
                      "warned": any("Pareto k" in str(w.message) for w in caught),
-                     "elpd_per_point": stacked.info.get("elpd_per_point")})
-        densities[(group, source)] = stacked.info.get("elpd_per_point")
+                     "elpd_per_point": stacked.info.get("elpd_per_point"),
+                     **({"estimate": dict(stacked.info["estimate"]),
+                         "estimate_reason": dict(stacked.info["estimate_reason"])}
+                        if "estimate" in stacked.info else {})})
         print(f"seed: {rows[-1]['model']} {test_ll:.3f} ({weigh_s:.0f} s)", flush=True)
         for row in rows:
             row.update(goal=GOAL, exact_ll=exact)
         save(rows)
+    bm.stacking._cv_log_density = refits.original
     for row in rows:
         row.update(goal=GOAL, exact_ll=exact)
     return rows
@@ -204,7 +253,8 @@ def uci_split(folder: Path, split: int, steps: int, members: int, cv: int = 0) -
         # bm.stack(named, X=X_fit, y=y_fit, cv=cv, key=...) computes them; and from those
         # out-of-fold densities together with the validation rows' densities.
         names, fitted = tuple(named), tuple(named.values())
-        options = _check_cv(cv, jax.random.key(1000 + split), len(X_fit), names, fitted, None)
+        options = _check_refits(cv, jax.random.key(1000 + split), len(X_fit), names, fitted,
+                                None, f"stack(cv={cv})")
         out_of_fold = _cv_log_density(names, fitted, X_fit, y_fit, cv,
                                       jax.random.key(1000 + split), options,
                                       DEFAULT_MAX_ELEMENTS)
@@ -347,6 +397,15 @@ def main() -> None:
     parser.add_argument("--cv", type=int, default=0,
                         help="seed and UCI: also cv-fold stacking weights (refits every fit cv "
                              "times)")
+    parser.add_argument("--seed-sources", nargs="+", default=["LOO", "cv", "auto"],
+                        choices=("LOO", "cv", "auto"),
+                        help="seed: which weightings to run (cv needs --cv)")
+    parser.add_argument("--nuts-refit", default=None,
+                        help="seed: JSON of MDN.fit options overriding the NUTS fits' recorded "
+                             "recipe in their refits, e.g. '{\"num_chains\": 2}'")
+    parser.add_argument("--keep-seed-rows", type=Path, default=None,
+                        help="seed: add the stack rows of this earlier results JSON that were "
+                             "not rerun")
     parser.add_argument("--cache", type=Path, default=None,
                         help="seed: save the fits here and reuse them on the next run")
     parser.add_argument("--name", default=None, help="results file name (no suffix)")
@@ -386,7 +445,13 @@ def main() -> None:
             rows[:] = seed_rows
             save()
 
-        rows[:] = run_seed(args.quick, args.nuts, args.cv, args.cache, save_seed)
+        rows[:] = run_seed(args.quick, args.nuts, args.cv, args.cache, save_seed,
+                           args.seed_sources, json.loads(args.nuts_refit or "{}"))
+        if args.keep_seed_rows is not None:  # earlier rows of stacks not rerun this time
+            done = {row["model"] for row in rows}
+            earlier = json.loads(args.keep_seed_rows.read_text())["rows"]
+            rows[:] = rows + [row | {"from": args.keep_seed_rows.name} for row in earlier
+                              if row["part"] == "seed" and row["model"] not in done]
         save()
     if "uci" in args.parts:
         datasets = args.datasets[:2] if args.quick else args.datasets

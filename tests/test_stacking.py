@@ -16,6 +16,7 @@ from _posteriors import constant_normal_posterior as normal_posterior
 from scipy import integrate, optimize, stats
 
 import bayes_mdn as bm
+from bayes_mdn.diagnostics import ConvergenceWarning
 from bayes_mdn.stacking import (
     StackedPosterior,
     StackedPredictive,
@@ -196,17 +197,21 @@ def test_loo_weights_from_training_data():
     fits = {"near": normal_posterior(0.0, 1.0, num_draws=4, spread=0.01),
             "far": normal_posterior(2.5, 1.0, num_draws=4, spread=0.01)}
     y = np.random.default_rng(2).normal(0.0, 1.0, size=60)
-    stacked = bm.stack(fits, X=np.zeros((60, 1)), y=y)
+    # Four draws: PSIS-LOO is unreliable (said), yet the far fit is far enough to lose.
+    with pytest.warns(ConvergenceWarning, match="PSIS-LOO is unreliable"):
+        stacked = bm.stack(fits, X=np.zeros((60, 1)), y=y, cv="loo")
     assert stacked.info["source"] == "loo"
     assert set(stacked.info["max_pareto_k"]) == {"near", "far"}
     assert stacked.weight_of["near"] > 0.9
-    pseudo = bm.stack(list(fits.values()), X=np.zeros((60, 1)), y=y, method="pseudo-bma")
+    with pytest.warns(ConvergenceWarning, match="PSIS-LOO is unreliable"):
+        pseudo = bm.stack(list(fits.values()), X=np.zeros((60, 1)), y=y, method="pseudo-bma",
+                          cv="loo")
     assert pseudo.names == ("fit_0", "fit_1") and pseudo.weights[0] > 0.99
 
 
 def test_loo_refuses_single_draw_fits(members):
     with pytest.raises(ValueError, match="posterior draws"):
-        bm.stack(members, X=np.zeros((10, 1)), y=np.zeros(10))
+        bm.stack(members, X=np.zeros((10, 1)), y=np.zeros(10), cv="loo")
 
 
 def test_one_member_and_zero_weights(members):

@@ -106,8 +106,8 @@ def test_loo_warns_when_pareto_k_is_high():
     fits = {"spread": constant_posterior(0.0, 0.5, num_draws=4, spread=1.5),
             "other": constant_posterior(1.0, 1.0, num_draws=4, spread=1.5)}
     y = np.random.default_rng(4).normal(2.0, 1.5, size=40)
-    with pytest.warns(ConvergenceWarning, match=r"Pareto k > 0\.7.*cv=5"):
-        stacked = bm.stack(fits, X=np.zeros((40, 1)), y=y)
+    with pytest.warns(ConvergenceWarning, match=r"Pareto k > 0\.7.*cv=\"auto\""):
+        stacked = bm.stack(fits, X=np.zeros((40, 1)), y=y, cv="loo")
     assert max(stacked.info["max_pareto_k"].values()) > 0.7
 
 
@@ -156,7 +156,8 @@ def test_stack_records_the_concentration(linear_data, linear_fits):
      r"not stacked: \['c'\]"),
     ({"cv": 5, "key": jax.random.key(0), "fit_options": {"a": 3}}, TypeError,
      r"`fit_options\['a'\]` must be a dict"),
-    ({"fit_options": {"a": {}}}, ValueError, "pass cv= too"),
+    ({"fit_options": {"a": {}}, "cv": "loo"}, ValueError, "leave them out with held-out"),
+    ({"cv": "5", "key": jax.random.key(0)}, ValueError, r"\"auto\" or \"loo\"; got '5'"),
     ({"concentration": 0.5}, ValueError, "`concentration` must be a finite number >= 1"),
     ({"concentration": "2"}, ValueError, "`concentration` must be a finite number >= 1"),
 ])
