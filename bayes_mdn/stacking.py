@@ -15,7 +15,7 @@ computes them; free, but needs fits with many posterior draws), out-of-fold dens
 K-fold refits on the training data (``cv=5``: any fit, costs ``cv`` refits of each member),
 or plain predictive densities on held-out validation rows (any fit; costs the rows). On the
 training data the default, ``cv="auto"``, chooses per fit: PSIS-LOO where it is reliable
-(at least :data:`MIN_LOO_DRAWS` draws and every Pareto k <= 0.7), 5-fold refits for the
+(at least 50 draws and every Pareto k <= 0.7), 5-fold refits for the
 other fits (the same folds for all), recorded in ``info["estimate"]``.
 
 The result, :class:`StackedPosterior`, is immutable; its :meth:`~StackedPosterior.predictive`
@@ -65,8 +65,8 @@ from bayes_mdn.posterior import Posterior
 from bayes_mdn.predictive import DEFAULT_MAX_ELEMENTS, PredictiveMixture
 from bayes_mdn.predictive.grids import hdr_on_grid, modes_on_grid
 
-__all__ = ["AUTO_FOLDS", "FORMAT_NAME", "MAX_PARETO_K", "MIN_LOO_DRAWS", "StackedPosterior",
-           "StackedPredictive", "load_stacked", "stack", "stacking_weights"]
+__all__ = ["AUTO_FOLDS", "FORMAT_NAME", "StackedPosterior", "StackedPredictive", "load_stacked",
+           "stack", "stacking_weights"]
 
 #: The ``format`` recorded in a saved stacked fit (how :func:`bayes_mdn.load` tells it apart).
 FORMAT_NAME = "bayes_mdn.stacked"
@@ -376,10 +376,11 @@ def stack(posteriors: Mapping[str, Posterior] | Sequence[Posterior], X_val: Any 
         With `X`, `y`: which out-of-sample densities of the training rows weigh the fits.
 
         * ``"auto"`` (the default with `X`, `y`): per fit, PSIS-LOO where it is reliable
-          (at least :data:`MIN_LOO_DRAWS` = 50 posterior draws and every Pareto k <=
-          :data:`MAX_PARETO_K` = 0.7), otherwise :data:`AUTO_FOLDS`-fold refits as for an
-          integer `cv` (the same folds for every refitted fit). Needs `key` only when some
-          fit is refitted. ``info["estimate"]`` says which fit got which.
+          (at least 50 posterior draws, ``calibration.loo.MIN_LOO_DRAWS``, and every
+          Pareto k <= 0.7, ``diagnostics.MAX_PARETO_K``), otherwise 5-fold
+          (:data:`AUTO_FOLDS`) refits as for an integer `cv`, the same folds and refit keys.
+          Needs `key` only when some fit is refitted. ``info["estimate"]`` says which fit
+          got which.
         * ``"loo"``: PSIS-LOO for every fit (as :func:`bayes_mdn.compare`), however
           unreliable (a warning says so).
         * an integer >= 2: ``cv``-fold cross-validation for every fit. Each member's recipe
@@ -470,6 +471,8 @@ def stack(posteriors: Mapping[str, Posterior] | Sequence[Posterior], X_val: Any 
                              f"\"loo\"; got {cv!r}.")
     elif cv is not None:
         cv = _check_folds(cv)
+    if key is not None:
+        check_key(key)
     if weights is not None:
         if X_val is not None or y_val is not None or X is not None or y is not None:
             raise ValueError("Pass either fixed `weights` or data to compute them from "
@@ -513,8 +516,6 @@ def stack(posteriors: Mapping[str, Posterior] | Sequence[Posterior], X_val: Any 
         few = [index for index, member in enumerate(members)
                if _loo_reliability(member, None) is not None]
         if few and len(members) > 1:
-            if key is not None:
-                check_key(key)
             listed = ", ".join(f"{names[i]!r}: {_loo_reliability(members[i], None)}"
                                for i in few)
             _check_refits(AUTO_FOLDS, key, num_rows, [names[i] for i in few],

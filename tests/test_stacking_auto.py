@@ -177,12 +177,18 @@ def _few_draws(num_draws: int = 1) -> bm.Posterior:
      r"not stacked: \['other'\]"),
     ({"key": jax.random.key(0), "fit_options": {"few": 3}}, TypeError,
      r"`fit_options\['few'\]` must be a dict"),
-    ({"key": 3}, TypeError, "key"),
+    ({"key": 3}, TypeError, r"`key` must be a JAX PRNG key, not the integer 3"),
 ])
 def test_auto_argument_errors_before_any_compilation(kwargs, error, match):
     fits = {"few": _few_draws(), "many": _few_draws(MIN_LOO_DRAWS)}
     with no_compilation(), pytest.raises(error, match=match):
         bm.stack(fits, X=np.zeros((20, 1)), y=np.zeros(20), **kwargs)
+
+
+def test_a_bad_key_is_refused_even_when_nothing_is_refitted():
+    many = {"a": _few_draws(MIN_LOO_DRAWS), "b": _few_draws(MIN_LOO_DRAWS)}
+    with no_compilation(), pytest.raises(TypeError, match=r"`key` must be a JAX PRNG key"):
+        bm.stack(many, X=np.zeros((20, 1)), y=np.zeros(20), key=3)
 
 
 def test_auto_checks_the_refits_before_any_fit(monkeypatch):
