@@ -15,8 +15,8 @@ computes them; free, but needs fits with many posterior draws), out-of-fold dens
 K-fold refits on the training data (``cv=5``: any fit, costs ``cv`` refits of each member),
 or plain predictive densities on held-out validation rows (any fit; costs the rows). On the
 training data the default, ``cv="auto"``, chooses per fit: PSIS-LOO where it is reliable
-(at least 50 draws and every Pareto k <= 0.7), 5-fold refits for the
-other fits (the same folds for all), recorded in ``info["estimate"]``.
+(at least 50 draws and every Pareto k <= 0.7), 5-fold refits for the other fits (the same
+folds for all), recorded in ``info["estimate"]``.
 
 The result, :class:`StackedPosterior`, is immutable; its :meth:`~StackedPosterior.predictive`
 is a :class:`StackedPredictive`, the mixture ``sum_m w_m p_m(y | x)`` of the members'
