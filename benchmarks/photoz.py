@@ -150,6 +150,46 @@ def features(frame, limits: np.ndarray, flags: list[int], *, errors: bool = Fals
     return np.column_stack(columns)
 
 
+def augment_rows(frame, copies: int, *, rng: np.random.Generator):
+    """`frame` followed by `copies` copies of it in which every detected magnitude is
+    redrawn as ``m + e * N(0, 1)`` with its own error ``e`` (non-detections, redshifts and
+    errors kept): training-set noise augmentation, a recipe option (``copies=0`` returns
+    `frame` itself)."""
+    import pandas as pd
+
+    if copies == 0:
+        return frame
+    pieces = [frame]
+    for _ in range(copies):
+        noisy = frame.copy()
+        for band in BANDS:
+            mag = noisy[f"mag_{band}_lsst"].to_numpy(np.float64)
+            err = noisy[f"mag_err_{band}_lsst"].to_numpy(np.float64)
+            detected = mag < 90
+            draw = mag + np.where(detected, err, 0.0) * rng.standard_normal(mag.shape)
+            noisy[f"mag_{band}_lsst"] = np.where(detected, draw, mag)
+        pieces.append(noisy)
+    return pd.concat(pieces, ignore_index=True)
+
+
+def redshift_pdf(pred, target: str) -> np.ndarray:
+    """Each galaxy's p(z) on ``GRID`` (N, 301) from a predictive of the fitted target:
+    ``"z"`` itself, or ``"log1p"`` (``t = log(1 + z)``: ``p(z) = p_t(log(1 + z)) / (1 + z)``,
+    the Jacobian of the transform)."""
+    if target == "z":
+        return np.exp(pred.log_prob_grid(GRID))
+    if target == "log1p":
+        return np.exp(pred.log_prob_grid(np.log1p(GRID)) - np.log1p(GRID))
+    raise ValueError(f"target must be 'z' or 'log1p'; got {target!r}.")
+
+
+def sharpen(pdf: np.ndarray, exponent: float) -> np.ndarray:
+    """``pdf ** exponent`` renormalised on ``GRID`` (trapezoid rule), per galaxy: a post-hoc
+    sharpening (exponent > 1) or flattening (< 1), as FlexZBoost's ``sharpen``."""
+    powered = np.power(np.clip(pdf, 0.0, None), exponent)
+    return powered / np.trapezoid(powered, GRID, axis=1)[:, None]
+
+
 def tune_split(num_rows: int) -> tuple[np.ndarray, np.ndarray]:
     """Fixed (fit, held-out) row indices of the training file."""
     order = np.random.default_rng(SEED).permutation(num_rows)
