@@ -8,7 +8,9 @@ sigma_NMAD, outlier rates of the mode, PIT KS). The validation file is never rea
     PYTHONPATH=$PWD python benchmarks/photoz_sweep.py [--quick] CANDIDATE [CANDIDATE ...]
 
 prints one JSON line per candidate (name, scores, fit seconds) and appends it to
-``results/photoz_sweep.jsonl``. ``--quick`` caps the fits at 1500 Adam steps.
+``results/photoz_sweep.jsonl``. ``--quick`` caps the fits at 1500 Adam steps (and writes
+``results/photoz_sweep_quick.json``; without a candidate it runs ``base``). The data folder
+is ``../shared/data/photoz`` beside the checkout or ``$BAYES_MDN_PHOTOZ_DIR``.
 The peers on the same split (FlexZBoost and kNN through RAIL, fitted on the 80 %, their
 p(z) of the 20 % saved in FOLDER) and the table::
 
@@ -34,6 +36,7 @@ so slightly optimistic; ``photoz.py`` tunes it on these rows and scores the vali
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -143,8 +146,10 @@ def main() -> None:
 
     args = sys.argv[1:]
     quick = "--quick" in args
-    names = [a for a in args if a != "--quick"]
-    train = __import__("pandas").read_csv(photoz.DEFAULT_DATA / "dc2_training.csv")
+    names = [a for a in args if a != "--quick"] or ["base"]
+    data = Path(os.environ.get("BAYES_MDN_PHOTOZ_DIR", photoz.DEFAULT_DATA))
+    train = __import__("pandas").read_csv(data / "dc2_training.csv")
+    rows = []
     limits, flags = photoz.limiting_magnitudes(train), photoz.flagged_bands(train)
     y = train["redshift"].to_numpy()
     fit_rows, held_rows = photoz.tune_split(len(y))
@@ -188,9 +193,15 @@ def main() -> None:
                "fit_seconds": round(seconds, 1), "quick": quick,
                "candidate": {k: v for k, v in c.items()}}
         print(json.dumps(row), flush=True)
-        with open(Path(__file__).resolve().parent / "results" / "photoz_sweep.jsonl",
-                  "a") as handle:
+        results = Path(__file__).resolve().parent / "results"
+        results.mkdir(exist_ok=True)
+        with open(results / "photoz_sweep.jsonl", "a") as handle:
             handle.write(json.dumps(row) + "\n")
+        rows.append(row)
+    if quick:  # the smoke run's own record (tests/benchmarks/test_quick_modes.py)
+        target = results / "photoz_sweep_quick.json"
+        target.with_suffix(".tmp").write_text(json.dumps({"rows": rows}, indent=2))
+        target.with_suffix(".tmp").replace(target)
 
 
 if __name__ == "__main__":
