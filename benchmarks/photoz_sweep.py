@@ -124,8 +124,8 @@ def table(peers_from: Path | None) -> None:
              "fit). `sharpen`/`crps_sharpened`: the exponent of p(z)^a with the lowest CRPS "
              "on the same rows, and that CRPS. `(--quick)`: at most 1500 Adam steps (prior05 "
              "reached that cap still improving; the others stopped earlier on the held-out "
-             "rows). One fit per candidate (one key, one noise draw): differences under "
-             "about 2 % are within fit-to-fit noise. The peers: RAIL's defaults fitted on the "
+             "rows). One fit per candidate (one key, one noise draw; the fit-to-fit spread "
+             "was not measured). The peers: RAIL's defaults fitted on the "
              "same 80 %. Machine shared (load average 3-9 on 2 cores): seconds are not "
              "comparable.\n\n")
     (results / "photoz_sweep_round2.md").write_text(intro + "\n".join(lines) + "\n")
