@@ -52,8 +52,10 @@ bayes_mdn the exact scores (log score, CRPS and PIT of the mixture itself) are r
 whose mode is within 0.15 (1 + z) of the truth and the others (:func:`crps_split`).
 Fit and predict seconds are wall-clock, one run, with the peers' process running beside
 bayes_mdn's (so both share the machine; on a loaded machine they are orders of magnitude,
-not ratios). The recorded run started the peers first (``--run-peers``) and merged them
-with ``--peers-from`` while bayes_mdn's fits ran.
+not ratios). The recorded peers ran first (``--run-peers``, FlexZBoost and kNN in one
+folder, NGBoost in another, beside an earlier bayes_mdn run); the recorded bayes_mdn rows
+merged those folders with ``--peers-from`` in two runs sharing one ``--workdir``
+(``--methods ensemble``, then all: the second loaded the tuning and the ensemble).
 
 pzflow is slow on CPUs (on a loaded 2-core machine its ``--quick`` run, 5 epochs and 3000
 galaxies, took 539 s to fit and 297 s to predict); leave it out with ``--peers FlexZBoost
