@@ -13,17 +13,26 @@ Methods, all on the same split:
   Inputs: the i magnitude, the five adjacent colours and a u non-detection flag, after
   replacing each non-detection (and each fainter-than-the-limit magnitude) by a limiting
   magnitude per band, the 99th percentile of the training galaxies' detected magnitudes
-  in that band (:func:`features`).
-  Only the number of Adam steps is tuned: the best held-out log-likelihood of one MAP fit
-  on the other 80 % of the training rows, then every fit uses that count on all of them.
-  The other choices were compared on the same split by ``benchmarks/photoz_sweep.py``
-  (results/photoz_sweep.md: the magnitude errors as extra inputs, 20 components and
-  128-unit layers, one against five members): none improved the held-out CRPS by more
-  than 0.5 %, so the recipe kept the smaller network and inputs.
-* bayes_mdn ``ensemble recalibrated``: that ensemble with its predictive recalibrated
+  in that band (:func:`features`). Every fit sees the training galaxies plus
+  ``AUGMENT_COPIES`` = 4 copies of them with each detected magnitude redrawn within its
+  error (:func:`augment_rows`: noise augmentation, a regulariser that also teaches the
+  network how far the photometry scatters; the validation galaxies are never augmented).
+  Tuned on the training file (:func:`tune`, one MAP fit on the augmented 80 % of its rows,
+  early-stopped on the other 20 %): the number of Adam steps (its best held-out
+  log-likelihood) and the exponent ``a`` of ``bayes_mdn ensemble sharpened``.
+  The recipe was chosen on the same split by ``benchmarks/photoz_sweep.py``
+  (results/photoz_sweep.md, round 1: magnitude errors as inputs, 20 components and
+  128-unit layers, five members, each < 0.5 % on the held-out CRPS;
+  results/photoz_sweep_round2.md: the noise augmentation, -13 % CRPS and -21 % 0.15
+  outliers for one MAP fit, where a log(1 + z) target, GELU, Student-t components and a
+  tighter prior did not help).
+* bayes_mdn ``ensemble sharpened`` (the recipe): that ensemble's p(z) raised to the tuned
+  power ``a`` and renormalised on the grid (:func:`sharpen`, FlexZBoost's post-hoc
+  sharpening; the training rows' noise copies widen p(z) a little); the mode is unchanged.
+* bayes_mdn ``ensemble recalibrated``: the ensemble with its predictive recalibrated
   (:meth:`bayes_mdn.Posterior.recalibrate`, isotonic map of PIT values) by cross-fitting
-  on the training rows (``cv=RECALIBRATION_FOLDS``: refits of the same recipe, each
-  without one fold); its fit seconds include the ensemble's.
+  on the training rows (``cv=RECALIBRATION_FOLDS``: refits of the same recipe, noise copies
+  included, each without one fold's galaxies); its fit seconds include the ensemble's.
 * FlexZBoost (``pz-rail-flexzboost``: FlexCode with XGBoost; RAIL tunes its bump threshold
   and sharpening on its own held-out quarter of the training rows), kNN
   (``pz-rail-sklearn``'s ``KNearNeigh``, RAIL's own grid search) and pzflow
@@ -43,8 +52,10 @@ bayes_mdn the exact scores (log score, CRPS and PIT of the mixture itself) are r
 whose mode is within 0.15 (1 + z) of the truth and the others (:func:`crps_split`).
 Fit and predict seconds are wall-clock, one run, with the peers' process running beside
 bayes_mdn's (so both share the machine; on a loaded machine they are orders of magnitude,
-not ratios). The recorded run started the peers first (``--run-peers``) and merged them
-with ``--peers-from`` while bayes_mdn's fits ran.
+not ratios). The recorded peers ran first (``--run-peers``, FlexZBoost and kNN in one
+folder, NGBoost in another, beside an earlier bayes_mdn run); the recorded bayes_mdn rows
+merged those folders with ``--peers-from`` in two runs sharing one ``--workdir``
+(``--methods ensemble``, then all: the second loaded the tuning and the ensemble).
 
 pzflow is slow on CPUs (on a loaded 2-core machine its ``--quick`` run, 5 epochs and 3000
 galaxies, took 539 s to fit and 297 s to predict); leave it out with ``--peers FlexZBoost
@@ -93,10 +104,16 @@ SEED = 0
 #: the held-out curve of the tuning fit is smooth enough to read the best step count off.
 FIT_OPTIONS = {"learning_rate": 0.005, "ema_decay": 0.995}
 PEERS = ("FlexZBoost", "kNN", "pzflow", "NGBoost")
+OURS = ("ensemble", "ensemble recalibrated", "svi")
 #: The recipe chosen on the training file (benchmarks/photoz_sweep.py): inputs with the
 #: magnitude errors or not, ensemble members, recalibration folds.
 USE_ERRORS = False
 NUM_MEMBERS = 5
+#: Noisy copies of every training galaxy added to the fits (:func:`augment_rows`).
+AUGMENT_COPIES = 4
+#: Candidate exponents of the post-hoc sharpening p(z)^a (:func:`sharpen`), tuned on the
+#: held-out training rows.
+SHARPEN_EXPONENTS = np.round(np.arange(0.8, 2.01, 0.05), 2)
 RECALIBRATION_FOLDS = 2
 #: Non-detections in at least this many training galaxies give a band a detection flag.
 MIN_FLAGGED = 10
@@ -148,6 +165,46 @@ def features(frame, limits: np.ndarray, flags: list[int], *, errors: bool = Fals
         errs = np.where(detected, np.clip(errs, 0.005, 1.0), 1.0)
         columns.append(np.log10(errs))
     return np.column_stack(columns)
+
+
+def augment_rows(frame, copies: int, *, rng: np.random.Generator):
+    """`frame` followed by `copies` copies of it in which every detected magnitude is
+    redrawn as ``m + e * N(0, 1)`` with its own error ``e`` (non-detections, redshifts and
+    errors kept): training-set noise augmentation, a recipe option (``copies=0`` returns
+    `frame` itself)."""
+    import pandas as pd
+
+    if copies == 0:
+        return frame
+    pieces = [frame]
+    for _ in range(copies):
+        noisy = frame.copy()
+        for band in BANDS:
+            mag = noisy[f"mag_{band}_lsst"].to_numpy(np.float64)
+            err = noisy[f"mag_err_{band}_lsst"].to_numpy(np.float64)
+            detected = mag < 90
+            draw = mag + np.where(detected, err, 0.0) * rng.standard_normal(mag.shape)
+            noisy[f"mag_{band}_lsst"] = np.where(detected, draw, mag)
+        pieces.append(noisy)
+    return pd.concat(pieces, ignore_index=True)
+
+
+def redshift_pdf(pred, target: str) -> np.ndarray:
+    """Each galaxy's p(z) on ``GRID`` (N, 301) from a predictive of the fitted target:
+    ``"z"`` itself, or ``"log1p"`` (``t = log(1 + z)``: ``p(z) = p_t(log(1 + z)) / (1 + z)``,
+    the Jacobian of the transform)."""
+    if target == "z":
+        return np.exp(pred.log_prob_grid(GRID))
+    if target == "log1p":
+        return np.exp(pred.log_prob_grid(np.log1p(GRID)) - np.log1p(GRID))
+    raise ValueError(f"target must be 'z' or 'log1p'; got {target!r}.")
+
+
+def sharpen(pdf: np.ndarray, exponent: float) -> np.ndarray:
+    """``pdf ** exponent`` renormalised on ``GRID`` (trapezoid rule), per galaxy: a post-hoc
+    sharpening (exponent > 1) or flattening (< 1), as FlexZBoost's ``sharpen``."""
+    powered = np.power(np.clip(pdf, 0.0, None), exponent)
+    return powered / np.trapezoid(powered, GRID, axis=1)[:, None]
 
 
 def tune_split(num_rows: int) -> tuple[np.ndarray, np.ndarray]:
@@ -285,38 +342,60 @@ def make_model(num_components: int, hidden: int):
                   activation="tanh", prior=bm.priors.FanInNormal(1.0))
 
 
-def tune_steps(model, X, y, key, max_steps: int) -> tuple[int, list]:
-    """Adam steps with the best held-out log-likelihood of one MAP fit on the fit rows
-    (``FIT_OPTIONS``: constant step size, Polyak averaging), read every 1/12 of the run."""
-    fit_rows, held_rows = tune_split(len(X))
-    post = model.fit(X[fit_rows], y[fit_rows], key=key, method="map", num_steps=max_steps,
-                     X_test=X[held_rows], y_test=y[held_rows], num_evaluations=12,
-                     **FIT_OPTIONS)
-    steps = np.asarray(post.history["eval_step"])
-    curve = np.asarray(post.history["test_log_likelihood"], np.float64).reshape(len(steps))
-    best = int(steps[int(np.argmax(curve))])
-    return best, [[int(s), float(c)] for s, c in zip(steps, curve, strict=True)]
+def tune(model, train, limits, flags, key, max_steps: int, copies: int
+         ) -> tuple[int, float, dict]:
+    """Adam steps and sharpening exponent of the recipe, from one MAP fit on the fit rows
+    of :func:`tune_split` (augmented as every fit is, ``AUGMENT_COPIES``), early-stopped on
+    the held-out rows (never augmented; ``FIT_OPTIONS``: constant step size, Polyak
+    averaging): the step of its best held-out log-likelihood, and the exponent of
+    :func:`sharpen` (``SHARPEN_EXPONENTS``) with the lowest CRPS of its p(z) there."""
+    import bayes_mdn as bm
+
+    fit_rows, held_rows = tune_split(len(train))
+    fit_frame = augment_rows(train.iloc[fit_rows], copies, rng=np.random.default_rng(SEED + 2))
+    X_fit = features(fit_frame, limits, flags, errors=USE_ERRORS)
+    X_held = features(train.iloc[held_rows], limits, flags, errors=USE_ERRORS)
+    y_fit, z_held = fit_frame["redshift"].to_numpy(), train["redshift"].to_numpy()[held_rows]
+    post = model.fit(X_fit, y_fit, key=key, method="map", num_steps=max_steps,
+                     validation=(X_held, z_held), refit=False, num_evaluations=40,
+                     patience=8, **FIT_OPTIONS)
+    pdf = np.exp(post.predictive(X_held).log_prob_grid(GRID))
+    crps = [float(np.mean(bm.metrics.gridded_crps(sharpen(pdf, a), GRID, z_held)))
+            for a in SHARPEN_EXPONENTS]
+    best = int(np.argmin(crps))
+    record = {"validation_curve": [[int(s), float(v)] for s, v in zip(
+                  post.history["eval_step"],
+                  np.ravel(post.history["validation_log_likelihood"]), strict=False)],
+              "sharpen_crps": [[float(a), c] for a, c in zip(SHARPEN_EXPONENTS, crps,
+                                                             strict=True)]}
+    return int(post.history["best_step"]), float(SHARPEN_EXPONENTS[best]), record
 
 
-def run_bayes_mdn(train, valid, quick: bool, workdir: Path) -> dict:
+def run_bayes_mdn(train, valid, quick: bool, workdir: Path,
+                  methods: tuple[str, ...] = OURS) -> dict:
     """Tune, fit the ensemble and the SVI recipes, and predict the validation galaxies.
 
     Each fitted posterior is saved in `workdir` (with its timings); a later run given the
-    same `workdir` loads it instead of fitting again.
+    same `workdir` loads it instead of fitting again. `methods`: which of ``OURS`` to fit
+    (``"ensemble sharpened"`` comes with ``"ensemble"``).
     """
     import jax
 
     import bayes_mdn as bm
 
     limits, flags = limiting_magnitudes(train), flagged_bands(train)
-    X = features(train, limits, flags, errors=USE_ERRORS)
-    y = train["redshift"].to_numpy()
+    # Every fit sees the training rows plus AUGMENT_COPIES noisy copies of them (one draw,
+    # fixed seed; one copy in the quick mode); the validation galaxies are never augmented.
+    copies = 1 if quick else AUGMENT_COPIES
+    frame = augment_rows(train, copies, rng=np.random.default_rng(SEED + 3))
+    X = features(frame, limits, flags, errors=USE_ERRORS)
+    y = frame["redshift"].to_numpy()
     X_valid = features(valid, limits, flags, errors=USE_ERRORS)
     key_tune, key_fit, key_svi = jax.random.split(jax.random.key(SEED), 3)
     key_recalibrate = jax.random.fold_in(key_fit, 1)
     num_components, hidden = 10, 64
     num_members = 3 if quick else NUM_MEMBERS
-    max_steps = 600 if quick else 2000
+    max_steps = 600 if quick else 4000
     model = make_model(num_components, hidden)
     workdir.mkdir(parents=True, exist_ok=True)
     settings_file = workdir / "settings.json"
@@ -324,22 +403,24 @@ def run_bayes_mdn(train, valid, quick: bool, workdir: Path) -> dict:
         settings = json.loads(settings_file.read_text())
     else:
         started = time.perf_counter()
-        steps, curve = tune_steps(model, X, y, key_tune, max_steps)
+        steps, exponent, record = tune(model, train, limits, flags, key_tune, max_steps,
+                                        copies)
         settings = {
             "features": "i, u-g, g-r, r-i, i-z, z-y, non-detection flags "
                         f"{[BANDS[j] for j in flags]}"
                         + (", log10 magnitude errors" if USE_ERRORS else ""),
+            "augment_copies": copies,
             "recalibration": f"isotonic, cv={RECALIBRATION_FOLDS} (refits of the ensemble "
-                             "on the training rows)",
+                             "on the augmented training rows of the other fold)",
             "limits": limits.tolist(), "num_components": num_components,
             "hidden_sizes": [hidden, hidden], "activation": "tanh",
             "prior": "FanInNormal(1.0)", "num_members": num_members,
             "fit_options": FIT_OPTIONS, "max_steps": max_steps, "num_steps": steps,
-            "tune_curve": curve, "tune_seconds": time.perf_counter() - started}
+            "sharpen": exponent, **record, "tune_seconds": time.perf_counter() - started}
         settings_file.write_text(json.dumps(settings, indent=2))
-    steps = settings["num_steps"]
-    print(f"[bayes_mdn] tuned steps {steps} ({settings['tune_seconds']:.0f} s)",
-          file=sys.stderr, flush=True)
+    steps, exponent = settings["num_steps"], settings["sharpen"]
+    print(f"[bayes_mdn] tuned steps {steps}, sharpening {exponent} "
+          f"({settings['tune_seconds']:.0f} s)", file=sys.stderr, flush=True)
 
     def ensemble_fit():
         return model.fit(X, y, key=key_fit, method="ensemble", num_members=num_members,
@@ -347,23 +428,40 @@ def run_bayes_mdn(train, valid, quick: bool, workdir: Path) -> dict:
 
     # SVI: a mean-field Gaussian posterior over every weight, started from a MAP fit (its
     # own key, the tuned step count), then at most 800 SVI steps (the guide's centre starts
-    # at the optimum; the steps mostly fit its scales).
+    # at the optimum; the steps mostly fit its scales). On the augmented rows too, so its
+    # likelihood counts each galaxy 1 + AUGMENT_COPIES times (a tempered posterior).
     def svi_fit():
         start = model.fit(X, y, key=key_svi, method="map", num_steps=steps, **FIT_OPTIONS)
         return model.fit(X, y, key=key_svi, method="svi", guide="normal", init=start,
                          num_steps=min(steps, 800), num_draws=32 if quick else 64)
 
     # The ensemble recalibrated (isotonic map of its PIT values) by cross-fitting on the
-    # training rows: refits of the same recipe, each without one fold; its fit seconds are
-    # the ensemble's plus the recalibration's.
+    # training rows: refits of the same recipe (augmentation included), each without one
+    # fold, so no noisy copy of a galaxy is fitted when its PIT value is taken; its fit
+    # seconds are the ensemble's plus the recalibration's.
+    X_plain = features(train, limits, flags, errors=USE_ERRORS)
+    row_of = {row.tobytes(): i for i, row in enumerate(X_plain)}
+    if len(row_of) != len(X_plain):  # refit_fold finds each fold's galaxies by their inputs
+        raise ValueError("two training galaxies have identical inputs; refit_fold needs "
+                         "them distinct")
+
+    def refit_fold(X_fold, y_fold, *, key):
+        rows = np.array([row_of[row.tobytes()] for row in np.asarray(X_fold, np.float64)])
+        fold = augment_rows(train.iloc[rows], copies, rng=np.random.default_rng(SEED + 4))
+        return model.fit(features(fold, limits, flags, errors=USE_ERRORS),
+                         fold["redshift"].to_numpy(), key=key, method="ensemble",
+                         num_members=num_members, num_steps=steps, **FIT_OPTIONS)
+
     def recalibrated_fit():
         return out["ensemble"]["post"].recalibrate(
-            X, y, cv=RECALIBRATION_FOLDS, key=key_recalibrate,
-            fit_options={"num_members": num_members, "num_steps": steps, **FIT_OPTIONS})
+            X_plain, train["redshift"].to_numpy(), cv=RECALIBRATION_FOLDS,
+            key=key_recalibrate, refit=refit_fold)
 
     out = {"settings": settings}
     for name, fit in (("ensemble", ensemble_fit), ("ensemble recalibrated", recalibrated_fit),
                       ("svi", svi_fit)):
+        if name not in methods:
+            continue
         stem = name.replace(" ", "_")
         saved, timing_file = workdir / f"{stem}.bmdn", workdir / f"{stem}.json"
         if saved.exists() and timing_file.exists():
@@ -384,6 +482,9 @@ def run_bayes_mdn(train, valid, quick: bool, workdir: Path) -> dict:
                      "predict_seconds": predict_seconds}
         print(f"[bayes_mdn] {name}: fit {fit_seconds:.0f} s, predict {predict_seconds:.0f} s",
               file=sys.stderr, flush=True)
+        if name == "ensemble":  # the recipe: the ensemble's p(z) sharpened on the grid
+            out["ensemble sharpened"] = {**out[name], "pdf": sharpen(pdf, exponent),
+                                         "pred": None}
     return out
 
 
@@ -441,6 +542,10 @@ def main() -> None:
                         help="folder for bayes_mdn's fitted posteriors; a rerun with the same "
                              "folder loads them instead of fitting (default: a new temporary "
                              "folder)")
+    parser.add_argument("--methods", nargs="+", default=list(OURS), choices=OURS,
+                        help="which bayes_mdn fits to run (the ensemble's sharpened p(z) "
+                             "comes with the ensemble); with --workdir a later run can add "
+                             "the others")
     parser.add_argument("--run-peers", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.run_peers is not None:  # the subprocess in the peers' venv
@@ -467,7 +572,8 @@ def main() -> None:
         # Beside the bayes_mdn fits (the two processes share the CPUs; see the docstring).
         peers = subprocess.Popen(command)
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="photoz_bayes_mdn_"))
-    ours = run_bayes_mdn(train, valid, args.quick, workdir)
+    ours = run_bayes_mdn(train, valid, args.quick, workdir,
+                         ("ensemble", *args.methods))
     if args.peers_python and not args.peers_from:
         if peers.wait() != 0:
             raise RuntimeError(f"the peers' process failed (exit code {peers.returncode})")
@@ -488,15 +594,19 @@ def main() -> None:
     scored = np.flatnonzero(z_true <= GRID[-1])
     z_true = z_true[scored]
     rows, details = [], {}
-    for name in ("ensemble", "ensemble recalibrated", "svi"):
+    for name in ("ensemble", "ensemble sharpened", "ensemble recalibrated", "svi"):
+        if name not in ours:
+            continue
         entry = ours[name]
         report = bm.metrics.photoz_report(entry["pdf"][scored], z_true, grid=GRID)
         report.update(crps_split(entry["pdf"][scored], z_true))
-        exact = bm.metrics.photoz_report(entry["pred"][scored], z_true, grid=GRID)
         rows.append({"method": f"bayes_mdn {name}", **report,
                      "fit_seconds": entry["fit_seconds"],
                      "predict_seconds": entry["predict_seconds"]})
-        details[f"bayes_mdn {name}"] = {"grid": report, "exact": exact}
+        details[f"bayes_mdn {name}"] = {"grid": report}
+        if entry["pred"] is not None:  # the sharpened p(z) exists on the grid only
+            details[f"bayes_mdn {name}"]["exact"] = bm.metrics.photoz_report(
+                entry["pred"][scored], z_true, grid=GRID)
     for name, info in peers_info.get("peers", {}).items():
         if "error" in info:
             details[name] = info
