@@ -3,9 +3,11 @@ a refactor cannot silently break a benchmark.
 
 The scripts run in a subprocess from a copy of ``benchmarks/`` in a temporary folder, so their
 ``results/*_quick.*`` files land there and the checkout is left untouched; the package is the
-checkout's (``PYTHONPATH``). Scripts that read the UCI data get the checkout's data folder
-and are skipped without it. A script with a ``--quick`` flag is found by reading its source,
-so a new benchmark is covered without editing this file.
+checkout's (``PYTHONPATH``). The copy sits in a ``checkout/`` folder beside a link to the real
+``../shared``, so scripts that find their data as ``../shared/data`` find it there too. Scripts
+that read the UCI data get the checkout's data folder and are skipped without it. A script
+with a ``--quick`` flag is found by reading its source, so a new benchmark is covered without
+editing this file.
 """
 
 from __future__ import annotations
@@ -42,7 +44,10 @@ def test_benchmark_quick_mode_runs(script, tmp_path):
         if not UCI_DATA.is_dir():
             pytest.skip(f"{script} needs the UCI data at {UCI_DATA}")
         arguments += ["--data", str(UCI_DATA)]
-    copy = tmp_path / "benchmarks"
+    shared = ROOT.parent / "shared"
+    if shared.is_dir():
+        (tmp_path / "shared").symlink_to(shared, target_is_directory=True)
+    copy = tmp_path / "checkout" / "benchmarks"
     shutil.copytree(BENCHMARKS, copy, ignore=shutil.ignore_patterns("results", "__pycache__"))
     environment = {**os.environ, "PYTHONPATH": str(ROOT), "BAYES_MDN_PROGRESS": "0",
                    "MPLBACKEND": "Agg"}
