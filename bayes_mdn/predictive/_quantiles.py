@@ -1,9 +1,14 @@
 """Quantile kernel: the mixture evaluated once per input chunk, then every level of an input
-solved at once by Chandrupatla's method (:mod:`._roots`) in that input's own loop; integer
-bisection for discrete families.
+solved by Chandrupatla's method (:mod:`._roots`) in that input's own loop; integer bisection
+for discrete families.
 
 Per level q the mixture quantile lies between the least and the greatest component quantile
 at q (``F(min_k Q_k(q)) <= sum_k w_k q = q``): a bracket per level, not one spanning all.
+With many draws (D = 1) the solve starts closer: two mixtures of a few draws each
+(surrogates, a third of the terms or less) are solved first, and the full mixture's cdf
+brackets the root within a step or two of their mean (:func:`_solve_from_surrogates`). On
+the seed network (S = 1000, K = 20) that is about 5 full cdf evaluations per level instead
+of 14 from the component-quantile bracket.
 """
 
 from __future__ import annotations
@@ -27,9 +32,12 @@ _SQRT_HALF = 1.0 / math.sqrt(2.0)
 #: Draws whose networks one step of :func:`_whole_mixture` evaluates (vmapped).
 DRAWS_PER_STEP = 10
 #: Draws in each of the two surrogate mixtures that give an input's first estimate of its
-#: quantiles (:func:`_surrogate_guesses`); below twice this many draws the solve starts from
-#: the component-quantile brackets instead.
+#: quantiles (:func:`_surrogate_guesses`).
 SURROGATE_DRAWS = 32
+#: Fewest draws for which the surrogates pay (about 15 steps on 64 draws' terms against 7
+#: fewer full cdf evaluations per level); below, the solve starts from the component-quantile
+#: brackets.
+SURROGATE_MIN_DRAWS = 6 * SURROGATE_DRAWS
 #: Absolute tolerance (standardised units) of the surrogates' roots: well below their
 #: error as estimates of the full mixture's (about 1e-3 at S = 1000 on the seed network).
 SURROGATE_TOLERANCE = 1e-4
@@ -196,7 +204,7 @@ def _surrogate_guesses(family, weights, squeezed, levels, num_draws, max_iterati
 
 def _solve_from_surrogates(family, weights, squeezed, levels, num_draws, max_iterations):
     """Quantiles (Q, m, 1) of D = 1 mixtures (`weights` (m, T), `squeezed` parameters
-    (m, T)) of `num_draws` >= 2 :data:`SURROGATE_DRAWS` draws each: every input's levels
+    (m, T)) of `num_draws` >= :data:`SURROGATE_MIN_DRAWS` draws each: every input's levels
     start from the surrogates' estimates (:func:`_surrogate_guesses`), the full mixture's
     cdf brackets each root in a step or two from there and Chandrupatla's method solves it
     (:func:`~._roots.solve_from_guess`), one loop per input and level (nested ``lax.map``).
@@ -255,7 +263,7 @@ def quantile_kernel(model, draw_chunk, max_iterations, cached, draws, y_shift, y
     if cached:
         weights, params = _whole_mixture(model, draws, y_scale, X_std)  # (m, T), (m, T, d)
         squeezed = _squeezed(params, shape[1])
-        if squeezed is not None and not discrete and num_draws >= 2 * SURROGATE_DRAWS:
+        if squeezed is not None and not discrete and num_draws >= SURROGATE_MIN_DRAWS:
             return _solve_from_surrogates(family, weights, squeezed, levels, num_draws,
                                           max_iterations)
         lower, upper = _bracket_terms(family, weights, params, levels, squeezed)  # (Q, m, D)
