@@ -61,24 +61,26 @@ def _whole_mixture(model, draws, y_scale, X_std):
     the network over all draws (its batched small matmuls), and 1.4x faster than one draw
     per step (the per-step overhead of a step with so little work)."""
     num_draws = num_draws_of(draws)
-    group = min(DRAWS_PER_STEP, num_draws)
-    steps = num_draws // group
-    head = steps * group
+    draws = dict(draws)
 
     def networks(weights):  # (g, ...) -> (g, m, K, ...)
         return jax.vmap(lambda one: model.mixture(one, X_std, y_scale))(weights)
 
-    def step(carry, weights):
-        return carry, networks(weights)
-
-    grouped = {name: value[:head].reshape(steps, group, *value.shape[1:])
-               for name, value in dict(draws).items()}
-    _, values = jax.lax.scan(step, None, grouped)  # (steps, g, m, K, ...)
-    values = jax.tree.map(lambda value: value.reshape(head, *value.shape[2:]), values)
-    if head < num_draws:  # the draws that do not fill a group
-        rest = networks({name: value[head:] for name, value in dict(draws).items()})
-        values = jax.tree.map(lambda a, b: jnp.concatenate([a, b]), values, rest)
-    log_weights, params = values  # (S, m, K, ...)
+    if num_draws < DRAWS_PER_STEP:  # one draw per step, e.g. MAP (as every query runs it)
+        _, (log_weights, params) = jax.lax.scan(
+            lambda carry, one: (carry, model.mixture(one, X_std, y_scale)), None, draws)
+    else:
+        steps = num_draws // DRAWS_PER_STEP
+        head = steps * DRAWS_PER_STEP
+        grouped = {name: value[:head].reshape(steps, DRAWS_PER_STEP, *value.shape[1:])
+                   for name, value in draws.items()}
+        _, values = jax.lax.scan(lambda carry, group: (carry, networks(group)), None,
+                                 grouped)  # (steps, g, m, K, ...)
+        values = jax.tree.map(lambda value: value.reshape(head, *value.shape[2:]), values)
+        if head < num_draws:  # the draws that do not fill a group
+            rest = networks({name: value[head:] for name, value in draws.items()})
+            values = jax.tree.map(lambda a, b: jnp.concatenate([a, b]), values, rest)
+        log_weights, params = values  # (S, m, K, ...)
 
     def flat(value):  # (S, m, K, ...) -> (m, S*K, ...)
         value = jnp.moveaxis(value, 0, 1)
