@@ -89,11 +89,11 @@ def _chandrupatla(f: Callable[[jax.Array], jax.Array], lower: jax.Array, upper: 
 def _secant_fraction(lower: jax.Array, upper: jax.Array, f_lower: jax.Array,
                      f_upper: jax.Array, x_tolerance: float) -> jax.Array:
     """Chandrupatla's first fraction t (point ``upper + t (lower - upper)``) at the chord's
-    root, kept the tolerance away from both ends."""
+    root, kept half the tolerance away from both ends."""
     eps = jnp.finfo(lower.dtype).eps
     t = _safe_divide(f_upper, f_upper - f_lower)
     tolerance = 2 * eps * jnp.maximum(jnp.abs(lower), jnp.abs(upper)) + x_tolerance
-    limit = jnp.minimum(_safe_divide(0.5 * tolerance, upper - lower), 0.5)
+    limit = jnp.minimum(_safe_divide(0.5 * tolerance, jnp.abs(upper - lower)), 0.5)
     return jnp.clip(jnp.where(jnp.isfinite(t), t, 0.5), limit, 1 - limit)
 
 
