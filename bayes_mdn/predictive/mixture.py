@@ -504,8 +504,11 @@ class PredictiveMixture:
         Each input's S x K mixture is evaluated once per chunk of inputs (when it fits the
         ``max_elements`` budget; otherwise the network is re-run per step) and Chandrupatla's
         bracketed root-finder (inverse quadratic interpolation safeguarded by bisection)
-        solves every level, typically in 6-12 cdf evaluations instead of 40 bisection steps.
-        The bracket starts at the extreme component quantiles and never loses the root.
+        solves every level. With 192 draws or more (D = 1, continuous family) each level
+        starts from the quantiles of two mixtures of 32 of the draws and the full cdf
+        brackets it within a step or two of that estimate: about 5 full cdf evaluations per
+        level instead of 40 bisection steps. Otherwise the bracket starts at the extreme
+        component quantiles. Either bracket never loses the root.
 
         Tolerance: in standardised units of y (``(y - shift) / scale``) a result stops once
         its bracket is narrower than ``2 eps |x| + 5e-7`` (eps of the compute dtype), i.e.
@@ -519,8 +522,8 @@ class PredictiveMixture:
         q : float or array-like, shape (Q,)
             Probabilities strictly between 0 and 1.
         num_iterations : int, optional
-            Cap on root-finder steps (cdf evaluations) per level; the default, 64 (40 in
-            float32), is never reached by a continuous mixture. Fewer steps stop early
+            Cap on root-finder steps (Chandrupatla's, or bisection's) per level; the default,
+            64 (40 in float32), is never reached by a continuous mixture. Fewer steps stop early
             with the current best estimate.
 
         Returns
