@@ -205,17 +205,15 @@ def _check_fit_options(fit_options: Any, names: Sequence[str]) -> None:
 def _refit_options(member: Posterior, given: Mapping[str, Any] | None) -> dict[str, Any]:
     """The options that refit `member`'s recipe: `given`, else those its ``info`` records.
 
-    A NUTS fit started from another fit records only that fit's method as ``init`` (e.g.
-    ``"ensemble"``); its refits start from ``init="auto"`` (one MAP fit per chain) instead.
+    A fit started from another fit records only that fit's method as ``init`` (e.g.
+    ``"ensemble"``); its refits start from the method's default instead (NUTS:
+    ``init="auto"``, one MAP fit per chain).
     """
     from bayes_mdn.calibration.recalibrated import _default_fit_options
 
     if given is not None:
         return dict(given)
-    options = dict(_default_fit_options(member))
-    if isinstance(options.get("init"), str) and options["init"] != "auto":
-        options["init"] = "auto"
-    return options
+    return dict(_default_fit_options(member))
 
 
 def _check_refits(cv: int, key: Any, num_rows: int, names: Sequence[str],

@@ -241,6 +241,20 @@ def test_cross_fit_recovers_the_recorded_options():
     assert isinstance(recalibrated.predictive(X[:3]), RecalibratedPredictive)
 
 
+@pytest.mark.parametrize(("method", "recorded", "expected"), [
+    ("nuts", "ensemble", "auto"),  # started from a fit that is not stored: NUTS's own start
+    ("nuts", "auto", "auto"),
+    ("nuts", None, None),  # a start from the prior is kept, not replaced by the default
+    ("svi", "map", None),  # SVI accepts a fit or None, never a method name
+    ("sgmcmc", "ensemble", None),
+])
+def test_refit_options_replace_a_start_that_cannot_be_reproduced(posterior, method, recorded,
+                                                                 expected):
+    fitted = dataclasses.replace(posterior, method=method,
+                                 info={**posterior.info, "init": recorded})
+    assert _default_fit_options(fitted)["init"] == expected
+
+
 def test_save_and_load_keep_the_map(recalibrated, tmp_path):
     path = tmp_path / "fit.bmdn"
     recalibrated.save(path)

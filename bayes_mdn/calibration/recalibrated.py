@@ -348,11 +348,17 @@ def _default_fit_options(posterior: Posterior) -> dict[str, Any]:
     # The cross-fit refits the model: the inference registry says which options exist.
     from bayes_mdn.inference import METHODS
 
-    valid = set(METHODS[posterior.method][0].__dataclass_fields__)
+    fields = METHODS[posterior.method][0].__dataclass_fields__
     options = {name: value for name, value in posterior.info.items()
-               if name in valid and isinstance(value, (int, float, str, bool))}
+               if name in fields and isinstance(value, (int, float, str, bool))}
     if options.get("lr_schedule") == "custom":
         options.pop("lr_schedule")
+    if "init" in fields and "init" in posterior.info:
+        recorded = posterior.info["init"]
+        if recorded is None or recorded == "auto":
+            options["init"] = recorded
+        else:  # started from another fit, recorded by its method name only (not stored):
+            options["init"] = fields["init"].default  # the refits use the method's own start
     return options
 
 
