@@ -8,6 +8,7 @@ NumPy arrays), so both io and the checkpoints sit above it.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import io
 import json
@@ -15,13 +16,15 @@ import os
 import tempfile
 import zipfile
 import zlib
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import jax
 import numpy as np
 
-__all__ = ["FORMAT_NAME", "FORMAT_VERSION", "format_of", "read_archive", "write_archive"]
+__all__ = ["FORMAT_NAME", "FORMAT_VERSION", "atomic_file", "format_of", "read_archive",
+           "write_archive"]
 
 #: The format of a saved posterior (a checkpoint's is ``"bayes_mdn.checkpoint"``).
 FORMAT_NAME = "bayes_mdn.posterior"
@@ -39,31 +42,23 @@ def _json_default(value: Any) -> Any:
     return repr(value)
 
 
-def write_archive(destination: Path, metadata: dict[str, Any],
-                  arrays: dict[str, np.ndarray]) -> None:
-    """Write ``metadata.json`` + one ``.npy`` per array to a ZIP file, atomically.
+@contextlib.contextmanager
+def atomic_file(destination: Path) -> Iterator[BinaryIO]:
+    """A binary stream whose bytes replace `destination` only if the block completes.
 
-    The archive is written to a temporary file in the destination's folder, flushed to disk,
-    then renamed over `destination` with ``os.replace``; on any error the temporary file is
-    removed and an existing `destination` is left untouched.
+    The stream is a temporary file in the destination's folder; on leaving the block it is
+    flushed to disk, given the permissions of the file it replaces (or the usual
+    rw-r--r--; mkstemp makes it owner-only) and renamed over `destination` with
+    ``os.replace``. On any error the temporary file is removed and an existing
+    `destination` is left untouched.
     """
-    handle, temporary = tempfile.mkstemp(dir=destination.parent or ".", prefix=".bmdn-",
-                                         suffix=".tmp")
+    folder = destination.parent if str(destination.parent) else Path(".")
+    handle, temporary = tempfile.mkstemp(dir=folder, prefix=".bmdn-", suffix=".tmp")
     try:
         with os.fdopen(handle, "wb") as stream:
-            with zipfile.ZipFile(stream, "w", compression=zipfile.ZIP_DEFLATED) as archive:
-                archive.writestr(_METADATA, json.dumps(metadata, indent=1,
-                                                       default=_json_default))
-                for name, array in arrays.items():
-                    buffer = io.BytesIO()
-                    # (np.ascontiguousarray would turn a 0-d array into shape (1,).)
-                    np.lib.format.write_array(buffer, np.asarray(array, order="C"),
-                                              allow_pickle=False)
-                    archive.writestr(f"{name}.npy", buffer.getvalue())
+            yield stream
             stream.flush()
             os.fsync(stream.fileno())
-        # mkstemp creates the file readable by its owner only; give it the permissions of
-        # the file it replaces, or the usual rw-r--r--.
         mode = destination.stat().st_mode & 0o777 if destination.exists() else 0o644
         os.chmod(temporary, mode)
         os.replace(temporary, destination)
@@ -71,6 +66,21 @@ def write_archive(destination: Path, metadata: dict[str, Any],
         if os.path.exists(temporary):
             os.unlink(temporary)
         raise
+
+
+def write_archive(destination: Path, metadata: dict[str, Any],
+                  arrays: dict[str, np.ndarray]) -> None:
+    """Write ``metadata.json`` + one ``.npy`` per array to a ZIP file, atomically
+    (:func:`atomic_file`)."""
+    with atomic_file(destination) as stream:
+        with zipfile.ZipFile(stream, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+            archive.writestr(_METADATA, json.dumps(metadata, indent=1, default=_json_default))
+            for name, array in arrays.items():
+                buffer = io.BytesIO()
+                # (np.ascontiguousarray would turn a 0-d array into shape (1,).)
+                np.lib.format.write_array(buffer, np.asarray(array, order="C"),
+                                          allow_pickle=False)
+                archive.writestr(f"{name}.npy", buffer.getvalue())
 
 
 #: What each file format is for, to say so when one is passed where the other is expected.

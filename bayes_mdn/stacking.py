@@ -48,6 +48,7 @@ from typing import Any
 import jax
 import numpy as np
 
+from bayes_mdn._archive import atomic_file
 from bayes_mdn._progress import progress_bar
 from bayes_mdn._validation import (
     as_features,
@@ -1132,26 +1133,14 @@ def save_stacked(stacked: StackedPosterior, path: str | os.PathLike) -> None:
                 "names": list(stacked.names), "weights": stacked.weights.tolist(),
                 "info": dict(stacked.info),
                 "members": [f"members/{index}.bmdn" for index in range(len(stacked.members))]}
-    folder = destination.parent if str(destination.parent) else Path(".")
-    handle, temporary = tempfile.mkstemp(dir=folder, prefix=".bmdn-", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            with zipfile.ZipFile(stream, "w", compression=zipfile.ZIP_STORED) as archive:
-                archive.writestr(_METADATA, json.dumps(metadata, indent=1, default=float))
-                with tempfile.TemporaryDirectory() as scratch:
-                    for member, name in zip(stacked.members, metadata["members"], strict=True):
-                        member_path = Path(scratch) / "member.bmdn"
-                        member.save(member_path)
-                        archive.write(member_path, name)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.chmod(temporary, destination.stat().st_mode & 0o777 if destination.exists()
-                 else 0o644)
-        os.replace(temporary, destination)
-    except BaseException:
-        if os.path.exists(temporary):
-            os.unlink(temporary)
-        raise
+    with atomic_file(destination) as stream:
+        with zipfile.ZipFile(stream, "w", compression=zipfile.ZIP_STORED) as archive:
+            archive.writestr(_METADATA, json.dumps(metadata, indent=1, default=float))
+            with tempfile.TemporaryDirectory() as scratch:
+                for member, name in zip(stacked.members, metadata["members"], strict=True):
+                    member_path = Path(scratch) / "member.bmdn"
+                    member.save(member_path)
+                    archive.write(member_path, name)
 
 
 def load_stacked(path: str | os.PathLike) -> StackedPosterior:
